@@ -1,0 +1,338 @@
+"""Speed and memory of the hyperbolic InfoNCE loss against two references.
+
+Measures one forward+backward pass (gradient with respect to the ``N`` queries only;
+the ``K`` queue entries are constants), float32, of
+
+- ``ours``: :class:`hcl_lightning.HyperbolicInfoNCELoss` (fused, chunked kernel),
+  called as ``criterion(query, key)`` with its queue pre-filled with ``K`` ball points;
+- ``euclidean``: lightly's ``NTXentLoss(memory_bank_size=(K, D))``, MoCo's InfoNCE
+  over a queue of the same size (the target cost of ``ours``);
+- ``broadcasting``: the form of the original HCL code, geoopt's
+  ``PoincareBall(c).dist(q.unsqueeze(1), queue.unsqueeze(0))`` as ``(N, K)`` logits
+  ``-d / tau`` with the positive prepended, then cross-entropy. It materialises
+  ``N x K x D`` tensors (8 GiB each for the defaults), so it runs with fewer queries
+  (``--broadcast-n``; by default the largest power of two whose estimated footprint
+  fits in 6 GiB, or in 80 % of the free GPU memory) and its time and memory are scaled
+  linearly to ``N`` (both are proportional to ``N`` there).
+
+Ball points have uniform random directions and norms uniform in ``[0, 0.9]`` times the
+ball radius ``1 / sqrt(c)``; temperature 0.2, curvature 0.05 (the paper's values).
+
+Each method runs in a fresh subprocess (this script with ``--worker``): build the
+inputs, then one forward+backward to measure peak memory, one warm-up, then
+``--repeats`` timed passes (``time.perf_counter``, median reported; default torch
+thread count). Peak memory is the extra memory of that first pass over what the
+inputs already hold:
+
+- CPU: peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``)
+  minus the resident set size before the pass, after ``malloc_trim``; where that is
+  unavailable, ``ru_maxrss`` before and after the pass;
+- GPU (``--gpu`` with CUDA available): ``torch.cuda.max_memory_allocated`` minus
+  ``torch.cuda.memory_allocated`` before the pass, with CUDA synchronisation around
+  the timed passes.
+
+Targets: ``time ours / euclidean <= 1.3`` and ``memory broadcasting / ours >= 20``.
+
+Usage::
+
+    python benchmarks/bench_loss.py            # N=256, K=65536, D=128
+    python benchmarks/bench_loss.py --quick    # small smoke run (a few seconds)
+    python benchmarks/bench_loss.py --gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+TEMPERATURE = 0.2
+CURVATURE = 0.05
+MAX_NORM_FRACTION = 0.9
+METHODS = ("ours", "euclidean", "broadcasting")
+# Peak memory of the broadcasting pass in units of one N x K x D float32 tensor (measured
+# on CPU with torch 2.14 / geoopt 0.5.1); used only to pick its number of queries.
+BROADCAST_COPIES = 8
+CPU_BROADCAST_BUDGET = 6 * 2**30
+GPU_BROADCAST_FRACTION = 0.8
+TIME_TARGET = 1.3
+MEMORY_TARGET = 20.0
+QUICK_SIZES = {"n": 32, "k": 4096, "d": 32, "repeats": 3, "broadcast_n": 8}
+MIB = 2**20
+
+
+@dataclass
+class Result:
+    """What a worker measured for one method."""
+
+    method: str
+    n_used: int
+    device: str
+    time_ms: float
+    peak_mib: float
+    memory_source: str
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _ball_points(rows: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Random directions with norms uniform in ``[0, MAX_NORM_FRACTION]`` of the radius."""
+    import torch
+
+    directions = torch.nn.functional.normalize(torch.randn(rows, dim, device=device), dim=1)
+    fraction = torch.rand(rows, 1, device=device) * MAX_NORM_FRACTION
+    return directions * fraction / math.sqrt(CURVATURE)
+
+
+def _broadcast_queries(n: int, k: int, d: int, device: torch.device) -> int:
+    """Largest power of two <= ``n`` whose estimated broadcasting footprint fits."""
+    import torch
+
+    if device.type == "cuda":
+        budget = torch.cuda.mem_get_info(device)[0] * GPU_BROADCAST_FRACTION
+    else:
+        budget = CPU_BROADCAST_BUDGET
+    per_query = BROADCAST_COPIES * k * d * 4
+    n_used = 2 ** max(0, math.floor(math.log2(max(1.0, budget / per_query))))
+    return min(n, n_used)
+
+
+def _make_step(method: str, n: int, k: int, d: int, device: torch.device) -> Callable[[], None]:
+    """Inputs for ``method`` and a closure running one forward+backward pass on them."""
+    import torch
+
+    if method == "ours":
+        from hcl_lightning import HyperbolicInfoNCELoss
+
+        criterion = HyperbolicInfoNCELoss(
+            temperature=TEMPERATURE, curvature=CURVATURE, queue_size=k, dim=d
+        ).to(device)
+        criterion.queue.bank.copy_(_ball_points(k, d, device))
+        query = _ball_points(n, d, device).requires_grad_()
+        key = _ball_points(n, d, device)
+
+        def step() -> None:
+            query.grad = None
+            criterion(query, key).backward()
+
+    elif method == "euclidean":
+        from lightly.loss import NTXentLoss
+
+        criterion = NTXentLoss(temperature=TEMPERATURE, memory_bank_size=(k, d)).to(device)
+        query = torch.randn(n, d, device=device, requires_grad=True)
+        key = torch.randn(n, d, device=device)
+
+        def step() -> None:
+            query.grad = None
+            criterion(query, key).backward()
+
+    elif method == "broadcasting":
+        import geoopt
+
+        ball = geoopt.PoincareBall(c=CURVATURE).to(device)
+        queue = _ball_points(k, d, device)
+        query = _ball_points(n, d, device).requires_grad_()
+        key = _ball_points(n, d, device)
+        labels = torch.zeros(n, dtype=torch.long, device=device)
+
+        def step() -> None:
+            query.grad = None
+            positive = -ball.dist(query, key, keepdim=True) / TEMPERATURE
+            negative = -ball.dist(query.unsqueeze(1), queue.unsqueeze(0)) / TEMPERATURE
+            logits = torch.cat([positive, negative], dim=1)
+            torch.nn.functional.cross_entropy(logits, labels).backward()
+
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return step
+
+
+def _status_kib(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (e.g. ``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _maxrss_kib() -> int:
+    """``ru_maxrss`` in KiB (Linux reports KiB, macOS bytes)."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss // 1024 if sys.platform == "darwin" else maxrss
+
+
+def _cpu_peak_mib(step: Callable[[], None]) -> tuple[float, str]:
+    """Extra resident memory at the peak of ``step()``, and how it was measured."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # hand freed heap pages back first (glibc)
+    except (AttributeError, OSError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # reset VmHWM to the current VmRSS
+        before = _status_kib("VmRSS")
+        step()
+        return (_status_kib("VmHWM") - before) / 1024, "peak RSS (VmHWM) - RSS before"
+    except OSError:
+        before = _maxrss_kib()
+        step()
+        return (_maxrss_kib() - before) / 1024, "ru_maxrss after - ru_maxrss before"
+
+
+def _cuda_peak_mib(step: Callable[[], None], device: torch.device) -> tuple[float, str]:
+    """Extra allocated CUDA memory at the peak of ``step()``."""
+    import torch
+
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    step()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / MIB, "cuda max_memory_allocated"
+
+
+def run_worker(method: str, n: int, k: int, d: int, repeats: int, gpu: bool, broadcast_n: int) -> Result:
+    """Measure one method in this (fresh) process."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+    if method == "broadcasting":
+        n = broadcast_n if broadcast_n > 0 else _broadcast_queries(n, k, d, device)
+    step = _make_step(method, n, k, d, device)
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if device.type == "cuda":
+        peak_mib, source = _cuda_peak_mib(step, device)
+    else:
+        peak_mib, source = _cpu_peak_mib(step)
+    step()  # warm-up (the memory pass was the first one)
+    times = []
+    for _ in range(repeats):
+        synchronize()
+        start = time.perf_counter()
+        step()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return Result(method, n, str(device), 1000 * statistics.median(times), peak_mib, source)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _spawn(method: str, args: argparse.Namespace) -> Result:
+    """Run ``method`` in a fresh interpreter and parse its result."""
+    command = [
+        sys.executable, "-W", "ignore", __file__, "--worker", method,
+        "--n", str(args.n), "--k", str(args.k), "--d", str(args.d),
+        "--repeats", str(args.repeats), "--broadcast-n", str(args.broadcast_n),
+    ]  # fmt: skip
+    if args.gpu:
+        command.append("--gpu")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{method} worker failed (exit {done.returncode}):\n{done.stderr[-4000:]}"
+        )
+    return Result(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def report(results: dict[str, Result], n: int, k: int, d: int, repeats: int) -> str:
+    """The markdown table and the two target ratios."""
+    ours, euclidean, broadcast = (results[m] for m in METHODS)
+    lines = [
+        f"N={n} queries, K={k} queue entries, D={d}, float32, forward+backward "
+        f"(gradient w.r.t. the queries), device {ours.device}, median of {repeats} runs",
+        f"peak memory: {ours.memory_source}, one pass, fresh subprocess per method",
+        "",
+        f"| method | N used | time ms (per N={n}) | peak MiB (per N={n}) |",
+        "|---|---:|---:|---:|",
+    ]
+    scaled: dict[str, tuple[float, float]] = {}
+    for result in (ours, euclidean, broadcast):
+        scale = n / result.n_used
+        scaled[result.method] = (result.time_ms * scale, result.peak_mib * scale)
+        note = f" (scaled x{scale:g})" if scale != 1 else ""
+        time_ms, peak = scaled[result.method]
+        lines.append(f"| {result.method} | {result.n_used} | {time_ms:.1f}{note} | {peak:.1f}{note} |")
+    if broadcast.n_used != n:
+        lines += [
+            "",
+            f"broadcasting ran with N={broadcast.n_used} ({broadcast.time_ms:.1f} ms, "
+            f"{broadcast.peak_mib:.1f} MiB measured); time and memory scaled linearly to N={n}.",
+        ]
+    time_ratio = scaled["ours"][0] / scaled["euclidean"][0]
+    memory_ratio = scaled["broadcasting"][1] / scaled["ours"][1]
+    lines += [
+        "",
+        f"time ours/euclidean = {time_ratio:.2f} (target <= {TIME_TARGET}): "
+        f"{_verdict(time_ratio <= TIME_TARGET)}",
+        f"memory broadcasting/ours = {memory_ratio:.1f} (target >= {MEMORY_TARGET:g}): "
+        f"{_verdict(memory_ratio >= MEMORY_TARGET)}",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=256, help="queries per batch")
+    parser.add_argument("--k", type=int, default=65536, help="queue entries (negatives)")
+    parser.add_argument("--d", type=int, default=128, help="feature dimension")
+    parser.add_argument("--repeats", type=int, default=10, help="timed passes per method")
+    parser.add_argument(
+        "--broadcast-n",
+        type=int,
+        default=0,
+        help="queries for the broadcasting form (0: largest power of two that fits)",
+    )
+    parser.add_argument("--gpu", action="store_true", help="use CUDA when available")
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK_SIZES.items():
+            setattr(args, name, value)
+    if min(args.n, args.k, args.d, args.repeats) < 1 or args.broadcast_n < 0:
+        parser.error("--n, --k, --d, --repeats must be >= 1 and --broadcast-n >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        result = run_worker(
+            args.worker, args.n, args.k, args.d, args.repeats, args.gpu, args.broadcast_n
+        )
+        print(json.dumps(result.__dict__))
+        return
+    start = time.perf_counter()
+    results = {method: _spawn(method, args) for method in METHODS}
+    print(report(results, args.n, args.k, args.d, args.repeats))
+    print(f"\nbenchmark wall time: {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

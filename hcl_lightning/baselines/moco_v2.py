@@ -1,0 +1,183 @@
+"""MoCo-v2 (Chen et al. 2020) as a lightly-built LightningModule.
+
+- [0] MoCo v1, He et al. 2020, https://arxiv.org/abs/1911.05722
+- [1] MoCo v2, Chen et al. 2020, https://arxiv.org/abs/2003.04297
+- [2] HCL, Ge et al. CVPR 2023, https://arxiv.org/abs/2212.00653
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import MoCoProjectionHead
+from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor, distributed
+
+from hcl_lightning.baselines.backbones import build_resnet
+from hcl_lightning.baselines.base import MomentumBaseline
+from hcl_lightning.mixin import HCLMixin
+
+
+def _distributed() -> bool:
+    return (
+        distributed.is_available()
+        and distributed.is_initialized()
+        and distributed.get_world_size() > 1
+    )
+
+
+class MoCoV2(MomentumBaseline):
+    """MoCo-v2 with a symmetric loss and shuffle-BN, defaults as in the paper [1].
+
+    ResNet encoder + 2-layer MLP head (2048-d hidden, 128-d output), a momentum
+    encoder updated with ``m = 0.999`` (cosine-scheduled to 1 over the run), InfoNCE
+    with temperature 0.2 against a queue of 65536 keys, SGD (momentum 0.9, weight
+    decay 1e-4, lr 0.03 per 256 images, cosine decay).
+
+    The loss is symmetrised as in the HCL code [2]:
+    ``0.5 * (criterion_a(q0, k1) + criterion_b(q1, k0))``, with two
+    :class:`lightly.loss.NTXentLoss` instances and hence two queues (the original's
+    ``queue_p``/``queue_c``): ``criterion_a``'s queue receives ``k1`` and
+    ``criterion_b``'s receives ``k0``. One shared queue would make ``k1`` a negative
+    for ``q1``, a view of the same image. Keys are gathered across devices before
+    they are enqueued, as in MoCo; the queues are persistent buffers, so a resumed
+    run continues with its queues.
+
+    Attribute names follow lightly (``backbone``, ``projection_head``,
+    ``backbone_momentum``, ``projection_head_momentum``), which ``HCLMixin`` relies
+    on. All constructor arguments are keyword arguments, so the class can be combined
+    cooperatively, e.g. ``class HCLMoCoV2(HCLMixin, MoCoV2)``.
+
+    Args:
+        backbone: torchvision ResNet name (see :func:`build_resnet`).
+        small_input: CIFAR-style stem for 32-96 px images.
+        proj_hidden_dim: hidden width of the projection MLP.
+        out_dim: output dimension of the projection MLP.
+        temperature: InfoNCE temperature.
+        queue_size: number of keys in each of the two queues.
+        momentum: initial EMA momentum of the key encoder.
+        lr: learning rate per 256 images (scaled linearly with the global batch).
+        weight_decay: SGD weight decay.
+        sgd_momentum: SGD momentum.
+        batch_size: per-device batch size, used for the lr scaling.
+        warmup_epochs: epochs of linear lr warm-up (0: none, as in MoCo-v2).
+        warmup_steps: optimiser steps of linear lr warm-up; overrides
+            ``warmup_epochs`` when > 0.
+
+    Examples:
+        >>> model = MoCoV2(backbone="resnet18", small_input=True, batch_size=256)
+        >>> trainer = pl.Trainer(max_epochs=200, accelerator="gpu", devices=8,
+        ...                      strategy="ddp", sync_batchnorm=False)
+        >>> trainer.fit(model, train_dataloaders=loader)  # yields ((x0, x1), y, names)
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnet50",
+        small_input: bool = False,
+        proj_hidden_dim: int = 2048,
+        out_dim: int = 128,
+        temperature: float = 0.2,
+        queue_size: int = 65536,
+        momentum: float = 0.999,
+        lr: float = 0.03,
+        weight_decay: float = 1e-4,
+        sgd_momentum: float = 0.9,
+        batch_size: int = 256,
+        warmup_epochs: int = 0,
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+        self.backbone, self.feat_dim = build_resnet(backbone, small_input=small_input)
+        self.projection_head = MoCoProjectionHead(self.feat_dim, proj_hidden_dim, out_dim)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.backbone_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+
+        # Two losses, two queues: criterion_a contrasts q0 with k1, criterion_b q1 with k0.
+        self.criterion_a = NTXentLoss(
+            temperature=temperature,
+            memory_bank_size=(queue_size, out_dim),
+            gather_distributed=True,
+        )
+        self.criterion_b = NTXentLoss(
+            temperature=temperature,
+            memory_bank_size=(queue_size, out_dim),
+            gather_distributed=True,
+        )
+        for criterion in (self.criterion_a, self.criterion_b):
+            bank = criterion.memory_bank
+            # lightly registers the queue as non-persistent; MoCo checkpoints it.
+            bank.register_buffer("bank", bank.bank, persistent=True)
+            bank.register_buffer("bank_ptr", bank.bank_ptr, persistent=True)
+
+    # -- encoders -------------------------------------------------------------------
+    def momentum_pairs(self):
+        return super().momentum_pairs() + [
+            (self.backbone, self.backbone_momentum),
+            (self.projection_head, self.projection_head_momentum),
+        ]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Query projection ``(B, out_dim)`` from the online encoder (not normalised)."""
+        return self.projection_head(self.backbone(x).flatten(start_dim=1))
+
+    @torch.no_grad()
+    def forward_momentum(self, x: Tensor) -> Tensor:
+        """Key projection ``(B, out_dim)`` from the momentum encoder, with shuffle-BN.
+
+        The batch is shuffled (across devices under DDP) before the momentum encoder
+        and unshuffled after it, so that BatchNorm statistics cannot leak which query
+        and key belong together.
+        """
+        dist = _distributed()
+        x, shuffle = batch_shuffle(x, distributed=dist)
+        features = self.backbone_momentum(x).flatten(start_dim=1)
+        key = self.projection_head_momentum(features)
+        return batch_unshuffle(key, shuffle, distributed=dist).detach()
+
+    # -- training ---------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        """One MoCo-v2 step on a lightly-style batch ``((x0, x1), labels, names)``."""
+        views = batch[0]
+        x0, x1 = views[0], views[1]
+        if self.global_step == 0 and batch_idx == 0 and x0.shape[0] != self.hparams.batch_size:
+            rank_zero_warn(
+                f"MoCoV2: batch_size={self.hparams.batch_size} is used to scale the lr, "
+                f"but the batches hold {x0.shape[0]} images per device."
+            )
+        m = self.update_momentum_encoders()
+
+        q0, q1 = self.forward(x0), self.forward(x1)
+        k0, k1 = self.forward_momentum(x0), self.forward_momentum(x1)
+        loss = 0.5 * (self.criterion_a(q0, k1) + self.criterion_b(q1, k0))
+
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=x0.shape[0])
+        self.log("train/momentum", m, on_step=True, batch_size=x0.shape[0])
+        self.log(
+            "train/lr",
+            self.trainer.optimizers[0].param_groups[0]["lr"],
+            on_step=True,
+            batch_size=x0.shape[0],
+        )
+        return loss
+
+
+class HCLMoCoV2(HCLMixin, MoCoV2):
+    """MoCo-v2 with HCL's hyperbolic scene-object loss: ``L = L_moco + λ·L_hyp``.
+
+    Takes the ``hcl_*`` arguments of :class:`~hcl_lightning.HCLMixin` and every
+    :class:`MoCoV2` argument; trains on HCL batches (see
+    :class:`~hcl_lightning.data.HCLDataModule`).
+
+    Example:
+        >>> model = HCLMoCoV2(hcl_lambda=0.1, hcl_tau=0.2, backbone="resnet18",
+        ...                   small_input=True, batch_size=64)
+    """

@@ -1,0 +1,30 @@
+"""Data pipeline of HCL: box sources, scene/object crops, transforms, dataset, datamodule."""
+
+from hcl_lightning.data.boxes import (
+    BoxSource,
+    CocoBoxSource,
+    ImageRecord,
+    JsonBoxSource,
+    RandomBoxSource,
+    build_box_source,
+)
+from hcl_lightning.data.crops import CropSpec, SceneObjectSampler
+from hcl_lightning.data.datamodule import HCLDataModule
+from hcl_lightning.data.dataset import HCLDataset
+from hcl_lightning.data.synthetic import make_synthetic_scenes
+from hcl_lightning.data.transforms import HCLTransform
+
+__all__ = [
+    "BoxSource",
+    "CocoBoxSource",
+    "CropSpec",
+    "HCLDataModule",
+    "HCLDataset",
+    "HCLTransform",
+    "ImageRecord",
+    "JsonBoxSource",
+    "RandomBoxSource",
+    "SceneObjectSampler",
+    "build_box_source",
+    "make_synthetic_scenes",
+]

@@ -1,0 +1,228 @@
+"""``HCLMixin``: adds HCL's hyperbolic scene-object branch to any lightly baseline."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightly.models.utils import batch_shuffle, batch_unshuffle
+from torch import Tensor, distributed, nn
+
+from hcl_lightning.heads import PoincareProjectionHead
+from hcl_lightning.losses import HyperbolicInfoNCELoss
+from hcl_lightning.optim import attach_parameters
+
+__all__ = ["HCLMixin", "HEAD_MODES"]
+
+#: ``hcl_head`` values: reuse the baseline's projection head, or an MLP of our own.
+HEAD_MODES = ("shared", "separate")
+
+
+def _distributed() -> bool:
+    return (
+        distributed.is_available()
+        and distributed.is_initialized()
+        and distributed.get_world_size() > 1
+    )
+
+
+def _last_linear(module: nn.Module) -> nn.Linear | None:
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def _first_linear(module: nn.Module) -> nn.Linear | None:
+    return next((m for m in module.modules() if isinstance(m, nn.Linear)), None)
+
+
+class HCLMixin:
+    """Hyperbolic Contrastive Learning as a mixin for lightly-style LightningModules.
+
+    ``class MyHCL(HCLMixin, MyBaseline)`` keeps ``MyBaseline`` unchanged and adds
+    ``L = L_euc + λ·L_hyp`` (Ge et al., CVPR 2023):
+
+    * ``L_euc``: the baseline's own ``training_step``, called through ``super()`` with
+      a lightly-style batch ``(views, labels, names)`` built from the HCL batch;
+    * ``L_hyp``: a hyperbolic InfoNCE between scene crops (online encoder → ball, the
+      queries) and the object crops they contain (key encoder → ball, the keys),
+      against a queue of past object keys.
+
+    The encoders are found by lightly's names: ``backbone``, ``projection_head``,
+    ``backbone_momentum``, ``projection_head_momentum``. A baseline without momentum
+    encoder (SimCLR-style) computes keys with the online encoder, without gradient.
+    Modules named differently override :meth:`hcl_query` and :meth:`hcl_key`.
+
+    With ``hcl_head="shared"`` (the paper) the ball map sits on the baseline's
+    projection head output; with ``"separate"`` an own MLP maps backbone features
+    (keys use the same MLP, without gradient). The hyperbolic parameters reach the
+    optimiser whatever the baseline's ``configure_optimizers`` returns (see
+    :func:`hcl_lightning.optim.attach_parameters`); scale and curvature get no weight
+    decay.
+
+    ``λ = 0`` skips the branch entirely: loss, gradients, RNG and BatchNorm statistics
+    are those of the baseline (the "HCL w/o L_hyp" ablation of the paper).
+
+    HCL batches are mappings with keys ``views`` (list of 2 tensors), ``scene``,
+    ``object`` and optionally ``labels``, ``index``, ``n_objects`` (see
+    :class:`hcl_lightning.data.HCLDataModule`); a plain lightly batch is passed to the
+    baseline untouched.
+
+    Args:
+        hcl_lambda: weight λ of the hyperbolic loss (paper: 0.1), >= 0.
+        hcl_tau: temperature τ of the hyperbolic InfoNCE (paper: 0.2), > 0.
+        hcl_curvature: curvature ``c`` of the Poincaré ball (paper: 0.05), > 0.
+        hcl_queue_size: object keys in the hyperbolic queue (paper: 65536); 0 uses
+            in-batch negatives.
+        hcl_alpha: initial scale before ``expmap0`` (``None``: ``1/sqrt(dim)``).
+        hcl_clip_r: outlier guard on the tangent norm (``None``: 99.5% of the radius,
+            0: off).
+        hcl_head: ``"shared"`` or ``"separate"``.
+        hcl_dim: output dimension of a separate head (default 128).
+        hcl_learn_curvature: learn ``c`` (geoopt's softplus parametrisation).
+        **kwargs: passed on to the baseline's ``__init__``.
+
+    Example:
+        >>> class HCLMoCoV2(HCLMixin, MoCoV2):
+        ...     pass
+        >>> model = HCLMoCoV2(hcl_lambda=0.1, backbone="resnet18", small_input=True)
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        hcl_lambda: float = 0.1,
+        hcl_tau: float = 0.2,
+        hcl_curvature: float = 0.05,
+        hcl_queue_size: int = 65536,
+        hcl_alpha: float | None = None,
+        hcl_clip_r: float | None = None,
+        hcl_head: str = "shared",
+        hcl_dim: int = 128,
+        hcl_learn_curvature: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not (math.isfinite(hcl_lambda) and hcl_lambda >= 0):
+            raise ValueError(f"hcl_lambda must be a finite number >= 0, got {hcl_lambda!r}")
+        if hcl_head not in HEAD_MODES:
+            raise ValueError(f"hcl_head must be one of {HEAD_MODES}, got {hcl_head!r}")
+        self.hcl_lambda = float(hcl_lambda)
+        self.hcl_head_mode = hcl_head
+        input_dim, hidden_dim, output_dim = self._hcl_head_dims(hcl_head, hcl_dim)
+        self.hcl_head = PoincareProjectionHead(
+            input_dim=input_dim,
+            hidden_dim=hidden_dim,
+            output_dim=output_dim,
+            curvature=hcl_curvature,
+            learn_curvature=hcl_learn_curvature,
+            alpha=hcl_alpha,
+            clip_r=hcl_clip_r,
+        )
+        self.hcl_criterion = HyperbolicInfoNCELoss(
+            temperature=hcl_tau,
+            curvature=hcl_curvature,
+            queue_size=hcl_queue_size,
+            dim=self.hcl_head.output_dim,
+        )
+        self.hcl_learn_curvature = hcl_learn_curvature
+
+    # -- encoders (override for modules that are not named the lightly way) ---------
+    def _hcl_head_dims(self, mode: str, dim: int) -> tuple[int, int | None, int | None]:
+        """(input, hidden, output) dims of the Poincaré head for ``mode``."""
+        head = getattr(self, "projection_head", None)
+        if mode == "shared":
+            last = _last_linear(head) if head is not None else None
+            if last is None:
+                raise AttributeError(
+                    f"{type(self).__name__} has no `projection_head` with a Linear layer; "
+                    "use hcl_head='separate' or override hcl_query/hcl_key and _hcl_head_dims"
+                )
+            return last.out_features, None, None
+        first = _first_linear(head) if head is not None else None
+        features = getattr(self, "feat_dim", None) or (first.in_features if first else None)
+        if features is None:
+            raise AttributeError(
+                f"{type(self).__name__}: cannot infer the backbone feature dimension for "
+                "hcl_head='separate'; set `self.feat_dim` in the baseline"
+            )
+        return features, 2 * dim if dim < features else features, dim
+
+    def _hcl_encoder(self, momentum: bool) -> nn.Module:
+        """``backbone`` (+ ``projection_head`` in shared mode), online or momentum."""
+        suffix = "_momentum" if momentum and hasattr(self, "backbone_momentum") else ""
+        backbone = getattr(self, f"backbone{suffix}", None)
+        if backbone is None:
+            raise AttributeError(
+                f"{type(self).__name__} has no `backbone`; override hcl_query and hcl_key"
+            )
+        if self.hcl_head_mode == "separate":
+            return nn.Sequential(backbone, nn.Flatten(start_dim=1))
+        head = getattr(self, f"projection_head{suffix}")
+        return nn.Sequential(backbone, nn.Flatten(start_dim=1), head)
+
+    def hcl_query(self, x: Tensor) -> Tensor:
+        """Euclidean features of the scene crops (online encoder, with gradient)."""
+        return self._hcl_encoder(momentum=False)(x)
+
+    @torch.no_grad()
+    def hcl_key(self, x: Tensor) -> Tensor:
+        """Euclidean features of the object crops (key encoder, no gradient).
+
+        Uses the momentum encoder when the baseline has one, with shuffle-BN across
+        devices under DDP; otherwise the online encoder.
+        """
+        encoder = self._hcl_encoder(momentum=True)
+        if not _distributed():
+            return encoder(x)
+        x, shuffle = batch_shuffle(x, distributed=True)
+        return batch_unshuffle(encoder(x), shuffle, distributed=True)
+
+    # -- training -------------------------------------------------------------------
+    def hcl_baseline_batch(self, batch: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+        """The lightly-style ``(views, labels, names)`` batch the baseline expects."""
+        return batch["views"], batch.get("labels"), batch.get("index")
+
+    def hcl_embed(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Ball points of the scenes (queries) and of their objects (keys)."""
+        query = self.hcl_head(self.hcl_query(batch["scene"]))
+        with torch.no_grad():
+            key = self.hcl_head(self.hcl_key(batch["object"]))
+        return query, key
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        """Baseline step on the object views, plus ``λ·L_hyp`` on scene/object pairs."""
+        if not isinstance(batch, Mapping):
+            return super().training_step(batch, batch_idx)
+        output = super().training_step(self.hcl_baseline_batch(batch), batch_idx)
+        loss_euc = output["loss"] if isinstance(output, Mapping) else output
+        batch_size = batch["scene"].shape[0]
+        self.log("train/loss_euc", loss_euc.detach(), batch_size=batch_size)
+        if self.hcl_lambda == 0:
+            return output
+        query, key = self.hcl_embed(batch)
+        curvature = self.hcl_head.curvature if self.hcl_learn_curvature else None
+        loss_hyp, top1 = self.hcl_criterion(query, key, curvature=curvature, return_accuracy=True)
+        loss = loss_euc + self.hcl_lambda * loss_hyp
+        self.log("train/loss_hyp", loss_hyp.detach(), prog_bar=True, batch_size=batch_size)
+        self.log_dict(
+            {
+                "train/hyp_acc1": top1,
+                "train/norm_scene": query.detach().norm(dim=1).mean(),
+                "train/norm_object": key.norm(dim=1).mean(),
+                "train/loss_total": loss.detach(),
+            },
+            batch_size=batch_size,
+        )
+        if isinstance(output, Mapping):
+            return {**output, "loss": loss}
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        """The baseline's optimisers, with the hyperbolic parameters attached."""
+        return attach_parameters(
+            super().configure_optimizers(),
+            self.hcl_head.parameters(),
+            no_weight_decay=self.hcl_head.no_weight_decay_parameters(),
+        )
