@@ -5,15 +5,18 @@ Public API (see the README for the three entry points):
 - geometry: :func:`poincare_pairwise_distance`, :func:`poincare_distance`
 - heads: :class:`PoincareProjectionHead`
 - losses: :class:`HyperbolicInfoNCELoss` (with its :class:`HyperbolicKeyQueue`)
+- the add-on: :class:`HCLMixin` (``class MyHCL(HCLMixin, MyLightlyBaseline)``)
 """
 
 from hcl_lightning.geometry import poincare_distance, poincare_pairwise_distance
 from hcl_lightning.heads import PoincareProjectionHead
 from hcl_lightning.losses import HyperbolicInfoNCELoss
+from hcl_lightning.mixin import HCLMixin
 from hcl_lightning.ops import hyperbolic_negative_logsumexp
 from hcl_lightning.queues import HyperbolicKeyQueue
 
 __all__ = [
+    "HCLMixin",
     "HyperbolicInfoNCELoss",
     "HyperbolicKeyQueue",
     "PoincareProjectionHead",

@@ -1,0 +1,220 @@
+"""HCLMixin: exact baseline reproduction at λ=0, gradients, optimiser, custom modules."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from examples.custom_module import HCLSimCLR, SimCLR
+from hcl_lightning import HCLMixin
+from hcl_lightning.baselines import HCLMoCoV2, MoCoV2
+
+TINY_MOCO = {
+    "backbone": "resnet18",
+    "small_input": False,
+    "proj_hidden_dim": 32,
+    "out_dim": 16,
+    "queue_size": 32,
+    "batch_size": 8,
+}
+
+
+class SceneBatches(Dataset):
+    """Deterministic random HCL samples (no image decoding)."""
+
+    def __init__(self, n: int = 32, size: int = 32, object_in_scene: bool = False) -> None:
+        generator = torch.Generator().manual_seed(1)
+        self.images = torch.randn(n, 4, 3, size, size, generator=generator)
+        if object_in_scene:  # the object crop is a noisy copy of its scene
+            self.images[:, 3] = self.images[:, 2] + 0.1 * self.images[:, 3]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        v0, v1, scene, obj = self.images[index]
+        return {"views": [v0, v1], "scene": scene, "object": obj, "index": index}
+
+
+class ViewsOnly(SceneBatches):
+    """The same samples as a lightly batch ``((x0, x1), label, name)``."""
+
+    def __getitem__(self, index: int):
+        sample = super().__getitem__(index)
+        return sample["views"], 0, str(index)
+
+
+class Capture(pl.Callback):
+    """Records each step's loss and the backbone gradients before the optimiser step."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.grads: list[dict[str, torch.Tensor]] = []
+        self.metrics: list[dict[str, float]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.grads.append(
+            {
+                n: p.grad.clone()
+                for n, p in pl_module.backbone.named_parameters()
+                if p.grad is not None
+            }
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss))
+        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+def fit(model: pl.LightningModule, dataset: Dataset, steps: int, batch_size: int = 8) -> Capture:
+    capture = Capture()
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[capture],
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=True)
+    torch.manual_seed(123)
+    trainer.fit(model, train_dataloaders=loader)
+    return capture
+
+
+def build(cls, **kwargs):
+    torch.manual_seed(0)
+    return cls(**TINY_MOCO, **kwargs)
+
+
+def test_lambda_zero_reproduces_the_baseline_exactly() -> None:
+    baseline = fit(build(MoCoV2), ViewsOnly(), steps=3)
+    hcl = fit(build(HCLMoCoV2, hcl_lambda=0.0, hcl_queue_size=16), SceneBatches(), steps=3)
+    assert hcl.losses == baseline.losses
+    for ours, theirs in zip(hcl.grads, baseline.grads, strict=True):
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+
+
+def test_positive_lambda_adds_the_hyperbolic_loss_and_changes_backbone_gradients() -> None:
+    baseline = fit(build(MoCoV2), ViewsOnly(), steps=1)
+    hcl = fit(build(HCLMoCoV2, hcl_lambda=0.5, hcl_queue_size=16), SceneBatches(), steps=1)
+    metrics = hcl.metrics[0]
+    assert metrics["train/loss_euc"] == pytest.approx(baseline.losses[0], rel=1e-6)
+    expected_total = metrics["train/loss_euc"] + 0.5 * metrics["train/loss_hyp"]
+    assert hcl.losses[0] == pytest.approx(expected_total, rel=1e-5)
+    difference = sum((hcl.grads[0][n] - baseline.grads[0][n]).abs().sum() for n in hcl.grads[0])
+    assert difference > 0
+    for key in ("train/hyp_acc1", "train/norm_scene", "train/norm_object"):
+        assert key in metrics
+
+
+def test_keys_come_from_the_momentum_encoder_without_gradient() -> None:
+    model = build(HCLMoCoV2, hcl_queue_size=16)
+    with torch.no_grad():
+        for p in model.backbone_momentum.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    key = model.hcl_key(x)
+    expected = model.projection_head_momentum(model.backbone_momentum(x).flatten(1))
+    torch.testing.assert_close(key, expected)
+    assert not key.requires_grad
+    assert not torch.allclose(key, model.hcl_query(x))
+
+
+def test_hyperbolic_parameters_reach_the_optimizer_without_weight_decay() -> None:
+    model = build(HCLMoCoV2, hcl_queue_size=16, hcl_learn_curvature=True)
+    trainer = pl.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_progress_bar=False)
+    model.trainer = trainer
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    assert groups[id(model.hcl_head.log_alpha)]["weight_decay"] == 0.0
+    assert groups[id(model.hcl_head.ball.isp_c)]["weight_decay"] == 0.0
+    assert groups[id(next(model.backbone.parameters()))]["weight_decay"] == pytest.approx(1e-4)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    assert lrs[0] == pytest.approx(lrs[-1]) and lrs[0] < scheduler.base_lrs[0]
+
+
+def test_hyperbolic_loss_decreases_on_training() -> None:
+    model = build(HCLMoCoV2, hcl_lambda=1.0, hcl_queue_size=0, lr=1.0)
+    capture = fit(model, SceneBatches(n=8, object_in_scene=True), steps=20)
+    hyp = [m["train/loss_hyp"] for m in capture.metrics]
+    assert sum(hyp[-5:]) / 5 < 0.8 * sum(hyp[:5]) / 5
+
+
+def test_separate_head_maps_backbone_features() -> None:
+    model = build(HCLMoCoV2, hcl_head="separate", hcl_dim=8, hcl_queue_size=16)
+    assert model.hcl_head.output_dim == 8
+    capture = fit(model, SceneBatches(n=8), steps=1)
+    assert torch.isfinite(torch.tensor(capture.losses)).all()
+
+
+def test_invalid_mixin_arguments_are_rejected() -> None:
+    with pytest.raises(ValueError, match="hcl_lambda"):
+        build(HCLMoCoV2, hcl_lambda=-0.1)
+    with pytest.raises(ValueError, match="hcl_head"):
+        build(HCLMoCoV2, hcl_head="both")
+    with pytest.raises(ValueError, match="temperature"):
+        build(HCLMoCoV2, hcl_tau=0.0)
+
+
+def test_simclr_from_lightly_examples_trains_with_hcl() -> None:
+    torch.manual_seed(0)
+    model = HCLSimCLR(hcl_lambda=0.1, hcl_queue_size=32)
+    assert isinstance(model, SimCLR) and not hasattr(model, "backbone_momentum")
+    capture = fit(model, SceneBatches(n=16), steps=3)
+    assert all(torch.isfinite(torch.tensor(capture.losses)))
+    assert "train/loss_hyp" in capture.metrics[-1]
+
+
+class BYOL(pl.LightningModule):
+    """lightly's BYOL example (momentum encoder, predictor, no queue)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3), nn.AdaptiveAvgPool2d(1))
+        self.projection_head = BYOLProjectionHead(16, 32, 16)
+        self.prediction_head = BYOLPredictionHead(16, 32, 16)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.backbone_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+        self.criterion = NegativeCosineSimilarity()
+
+    def training_step(self, batch, batch_idx):
+        update_momentum(self.backbone, self.backbone_momentum, m=0.99)
+        update_momentum(self.projection_head, self.projection_head_momentum, m=0.99)
+        (x0, x1) = batch[0]
+        p0 = self.prediction_head(self.projection_head(self.backbone(x0).flatten(1)))
+        z1 = self.projection_head_momentum(self.backbone_momentum(x1).flatten(1)).detach()
+        return self.criterion(p0, z1)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.06)
+
+
+def test_byol_style_module_uses_its_momentum_encoder_for_keys() -> None:
+    class HCLBYOL(HCLMixin, BYOL):
+        pass
+
+    model = HCLBYOL(hcl_queue_size=16)
+    x = torch.randn(2, 3, 16, 16)
+    expected = model.projection_head_momentum(model.backbone_momentum(x).flatten(1))
+    torch.testing.assert_close(model.hcl_key(x), expected)
+    capture = fit(model, SceneBatches(n=8, size=16), steps=2, batch_size=4)
+    assert all(torch.isfinite(torch.tensor(capture.losses)))
