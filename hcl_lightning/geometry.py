@@ -101,12 +101,14 @@ def conformal_denominator(sq_norm: Tensor, c: float | Tensor) -> Tensor:
     return (1 - c * sq_norm).clamp_min(_min_conformal(sq_norm.dtype))
 
 
-def _as_compute_curvature(c: float | Tensor, dtype: torch.dtype, device: torch.device):
-    """Curvature as a Python float, or as a tensor of the compute dtype when it is one."""
+def _to_common_precision(x: Tensor, y: Tensor, c: float | Tensor):
+    """``x``, ``y`` in their common compute dtype (float32 at least) and ``c`` to match."""
     check_curvature(c)
+    x, y = to_compute_dtype(x), to_compute_dtype(y)
+    dtype = torch.promote_types(x.dtype, y.dtype)
     if isinstance(c, Tensor):
-        return c.to(device=device, dtype=dtype)
-    return float(c)
+        c = c.to(device=x.device, dtype=dtype)
+    return x.to(dtype), y.to(dtype), c if isinstance(c, Tensor) else float(c)
 
 
 def sqrt_curvature(c: float | Tensor) -> float | Tensor:
@@ -177,10 +179,7 @@ def poincare_pairwise_distance(x: Tensor, y: Tensor, c: float | Tensor = 0.05) -
     """
     _check_points(x, y, paired=False)
     with exact_matmul(x.device.type):
-        x, y = to_compute_dtype(x), to_compute_dtype(y)
-        dtype = torch.promote_types(x.dtype, y.dtype)
-        x, y = x.to(dtype), y.to(dtype)
-        c = _as_compute_curvature(c, dtype, x.device)
+        x, y, c = _to_common_precision(x, y, c)
         x_sq, y_sq = x.square().sum(dim=1), y.square().sum(dim=1)
         sq = pairwise_squared_distance(x, y, x_sq, y_sq)
         coef_x = (2 * c) / conformal_denominator(x_sq, c)
@@ -205,10 +204,7 @@ def poincare_distance(x: Tensor, y: Tensor, c: float | Tensor = 0.05) -> Tensor:
     """
     _check_points(x, y, paired=True)
     with exact_matmul(x.device.type):
-        x, y = to_compute_dtype(x), to_compute_dtype(y)
-        dtype = torch.promote_types(x.dtype, y.dtype)
-        x, y = x.to(dtype), y.to(dtype)
-        c = _as_compute_curvature(c, dtype, x.device)
+        x, y, c = _to_common_precision(x, y, c)
         sq = (x - y).square().sum(dim=1)
         denominator = conformal_denominator(x.square().sum(dim=1), c) * conformal_denominator(
             y.square().sum(dim=1), c

@@ -52,7 +52,9 @@ class HCLMixin:
     The encoders are found by lightly's names: ``backbone``, ``projection_head``,
     ``backbone_momentum``, ``projection_head_momentum``. A baseline without momentum
     encoder (SimCLR-style) computes keys with the online encoder, without gradient.
-    Modules named differently override :meth:`hcl_query` and :meth:`hcl_key`.
+    Modules laid out differently define ``hcl_query(x)`` / ``hcl_key(x)`` (Euclidean
+    features of scene / object crops) in the baseline itself (the mixin defers to them)
+    or in the HCL subclass.
 
     With ``hcl_head="shared"`` (the paper) the ball map sits on the baseline's
     projection head output; with ``"separate"`` an own MLP maps backbone features
@@ -163,7 +165,14 @@ class HCLMixin:
         return nn.Sequential(backbone, nn.Flatten(start_dim=1), head)
 
     def hcl_query(self, x: Tensor) -> Tensor:
-        """Euclidean features of the scene crops (online encoder, with gradient)."""
+        """Euclidean features of the scene crops (online encoder, with gradient).
+
+        A baseline whose encoder differs from lightly's layout defines ``hcl_query``
+        itself; the mixin defers to it.
+        """
+        baseline_hook = getattr(super(), "hcl_query", None)
+        if baseline_hook is not None:
+            return baseline_hook(x)
         return self._hcl_encoder(momentum=False)(x)
 
     @torch.no_grad()
@@ -171,8 +180,12 @@ class HCLMixin:
         """Euclidean features of the object crops (key encoder, no gradient).
 
         Uses the momentum encoder when the baseline has one, with shuffle-BN across
-        devices under DDP; otherwise the online encoder.
+        devices under DDP; otherwise the online encoder. A baseline that defines
+        ``hcl_key`` itself is deferred to.
         """
+        baseline_hook = getattr(super(), "hcl_key", None)
+        if baseline_hook is not None:
+            return baseline_hook(x)
         encoder = self._hcl_encoder(momentum=True)
         if not _distributed():
             return encoder(x)

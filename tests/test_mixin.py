@@ -218,3 +218,21 @@ def test_byol_style_module_uses_its_momentum_encoder_for_keys() -> None:
     torch.testing.assert_close(model.hcl_key(x), expected)
     capture = fit(model, SceneBatches(n=8, size=16), steps=2, batch_size=4)
     assert all(torch.isfinite(torch.tensor(capture.losses)))
+
+
+def test_baseline_hooks_take_precedence_over_the_mixin_defaults() -> None:
+    class OddSimCLR(SimCLR):
+        def hcl_query(self, x):
+            return self.forward(x) * 2
+
+        @torch.no_grad()
+        def hcl_key(self, x):
+            return self.forward(x) * 3
+
+    class HCLOdd(HCLMixin, OddSimCLR):
+        pass
+
+    model = HCLOdd(hcl_queue_size=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.hcl_query(x), model.forward(x) * 2)
+    torch.testing.assert_close(model.hcl_key(x), model.forward(x) * 3)
