@@ -18,15 +18,16 @@ the ``K`` queue entries are constants), float32, of
 Ball points have uniform random directions and norms uniform in ``[0, 0.9]`` times the
 ball radius ``1 / sqrt(c)``; temperature 0.2, curvature 0.05 (the paper's values).
 
-Each method runs in a fresh subprocess (this script with ``--worker``): build the
-inputs, then one forward+backward to measure peak memory, one warm-up, then
-``--repeats`` timed passes (``time.perf_counter``, median reported; default torch
-thread count). Peak memory is the extra memory of that first pass over what the
-inputs already hold:
+The methods run one after the other in this process. Each builds its inputs, runs one
+warm-up pass and ``--repeats`` timed passes (``time.perf_counter``, median reported;
+default torch thread count), then one more pass for peak memory, reported as the
+memory that pass allocates on top of its inputs:
 
-- CPU: peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``)
-  minus the resident set size before the pass, after ``malloc_trim``; where that is
-  unavailable, ``ru_maxrss`` before and after the pass;
+- CPU: the peak of the live tensor storages that the pass's ops allocate, counted by
+  a ``TorchDispatchMode`` (each output storage that is not an input's, until it is
+  freed; scratch memory internal to a single kernel is not seen). This is exact and
+  repeatable, unlike the process's peak resident set size (``ru_maxrss``/``VmHWM``),
+  which glibc's retention of freed blocks moved by up to ~90 MiB from run to run;
 - GPU (``--gpu`` with CUDA available): ``torch.cuda.max_memory_allocated`` minus
   ``torch.cuda.memory_allocated`` before the pass, with CUDA synchronisation around
   the timed passes.
@@ -43,28 +44,25 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
 import math
-import resource
 import statistics
-import subprocess
-import sys
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 TEMPERATURE = 0.2
 CURVATURE = 0.05
 MAX_NORM_FRACTION = 0.9
 METHODS = ("ours", "euclidean", "broadcasting")
-# Peak memory of the broadcasting pass in units of one N x K x D float32 tensor (measured
-# on CPU with torch 2.14 / geoopt 0.5.1); used only to pick its number of queries.
-BROADCAST_COPIES = 8
+# Peak memory of the broadcasting pass in units of one N x K x D float32 tensor (about 5.1
+# measured on CPU with torch 2.14 / geoopt 0.5.1, rounded up); picks its number of queries.
+BROADCAST_COPIES = 6
 CPU_BROADCAST_BUDGET = 6 * 2**30
 GPU_BROADCAST_FRACTION = 0.8
 TIME_TARGET = 1.3
@@ -75,7 +73,7 @@ MIB = 2**20
 
 @dataclass
 class Result:
-    """What a worker measured for one method."""
+    """What was measured for one method."""
 
     method: str
     n_used: int
@@ -85,13 +83,8 @@ class Result:
     memory_source: str
 
 
-# --------------------------------------------------------------------------- worker
-
-
 def _ball_points(rows: int, dim: int, device: torch.device) -> torch.Tensor:
     """Random directions with norms uniform in ``[0, MAX_NORM_FRACTION]`` of the radius."""
-    import torch
-
     directions = torch.nn.functional.normalize(torch.randn(rows, dim, device=device), dim=1)
     fraction = torch.rand(rows, 1, device=device) * MAX_NORM_FRACTION
     return directions * fraction / math.sqrt(CURVATURE)
@@ -99,8 +92,6 @@ def _ball_points(rows: int, dim: int, device: torch.device) -> torch.Tensor:
 
 def _broadcast_queries(n: int, k: int, d: int, device: torch.device) -> int:
     """Largest power of two <= ``n`` whose estimated broadcasting footprint fits."""
-    import torch
-
     if device.type == "cuda":
         budget = torch.cuda.mem_get_info(device)[0] * GPU_BROADCAST_FRACTION
     else:
@@ -112,8 +103,6 @@ def _broadcast_queries(n: int, k: int, d: int, device: torch.device) -> int:
 
 def _make_step(method: str, n: int, k: int, d: int, device: torch.device) -> Callable[[], None]:
     """Inputs for ``method`` and a closure running one forward+backward pass on them."""
-    import torch
-
     if method == "ours":
         from hcl_lightning import HyperbolicInfoNCELoss
 
@@ -160,43 +149,49 @@ def _make_step(method: str, n: int, k: int, d: int, device: torch.device) -> Cal
     return step
 
 
-def _status_kib(field: str) -> int:
-    """A ``kB`` field of ``/proc/self/status`` (e.g. ``VmRSS``, ``VmHWM``)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"{field} not in /proc/self/status")
+class _LiveTensorMemory(TorchDispatchMode):
+    """Peak bytes of the tensor storages that ops allocate while the mode is active.
+
+    Each op output whose storage is none of the op's inputs' (views and in-place results
+    are not allocations) counts until its storage is freed. Scratch memory that a single
+    kernel allocates and frees internally is not seen.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+
+    def _release(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        seen = {
+            leaf.untyped_storage().data_ptr()
+            for leaf in tree_leaves((args, kwargs))
+            if isinstance(leaf, torch.Tensor)
+        }
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if not isinstance(leaf, torch.Tensor):
+                continue
+            storage = leaf.untyped_storage()
+            if storage.nbytes() and storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._release, storage.nbytes())
+        return out
 
 
-def _maxrss_kib() -> int:
-    """``ru_maxrss`` in KiB (Linux reports KiB, macOS bytes)."""
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss // 1024 if sys.platform == "darwin" else maxrss
-
-
-def _cpu_peak_mib(step: Callable[[], None]) -> tuple[float, str]:
-    """Extra resident memory at the peak of ``step()``, and how it was measured."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)  # hand freed heap pages back first (glibc)
-    except (AttributeError, OSError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # reset VmHWM to the current VmRSS
-        before = _status_kib("VmRSS")
-        step()
-        return (_status_kib("VmHWM") - before) / 1024, "peak RSS (VmHWM) - RSS before"
-    except OSError:
-        before = _maxrss_kib()
-        step()
-        return (_maxrss_kib() - before) / 1024, "ru_maxrss after - ru_maxrss before"
-
-
-def _cuda_peak_mib(step: Callable[[], None], device: torch.device) -> tuple[float, str]:
-    """Extra allocated CUDA memory at the peak of ``step()``."""
-    import torch
-
+def _peak_mib(step: Callable[[], None], device: torch.device) -> tuple[float, str]:
+    """Extra memory at the peak of a (warm) ``step()``, and how it was measured."""
+    if device.type != "cuda":
+        with _LiveTensorMemory() as tracker:
+            step()
+        return tracker.peak / MIB, "peak of live tensor storage (TorchDispatchMode tracker)"
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
@@ -205,10 +200,10 @@ def _cuda_peak_mib(step: Callable[[], None], device: torch.device) -> tuple[floa
     return (torch.cuda.max_memory_allocated(device) - before) / MIB, "cuda max_memory_allocated"
 
 
-def run_worker(method: str, n: int, k: int, d: int, repeats: int, gpu: bool, broadcast_n: int) -> Result:
-    """Measure one method in this (fresh) process."""
-    import torch
-
+def measure(
+    method: str, n: int, k: int, d: int, repeats: int, gpu: bool, broadcast_n: int
+) -> Result:
+    """Warm-up, timed passes, then a memory pass of one method."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
@@ -221,11 +216,7 @@ def run_worker(method: str, n: int, k: int, d: int, repeats: int, gpu: bool, bro
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    if device.type == "cuda":
-        peak_mib, source = _cuda_peak_mib(step, device)
-    else:
-        peak_mib, source = _cpu_peak_mib(step)
-    step()  # warm-up (the memory pass was the first one)
+    step()  # warm-up
     times = []
     for _ in range(repeats):
         synchronize()
@@ -233,27 +224,9 @@ def run_worker(method: str, n: int, k: int, d: int, repeats: int, gpu: bool, bro
         step()
         synchronize()
         times.append(time.perf_counter() - start)
+    # Memory last: the CPU tracker slows the pass it watches.
+    peak_mib, source = _peak_mib(step, device)
     return Result(method, n, str(device), 1000 * statistics.median(times), peak_mib, source)
-
-
-# --------------------------------------------------------------------------- driver
-
-
-def _spawn(method: str, args: argparse.Namespace) -> Result:
-    """Run ``method`` in a fresh interpreter and parse its result."""
-    command = [
-        sys.executable, "-W", "ignore", __file__, "--worker", method,
-        "--n", str(args.n), "--k", str(args.k), "--d", str(args.d),
-        "--repeats", str(args.repeats), "--broadcast-n", str(args.broadcast_n),
-    ]  # fmt: skip
-    if args.gpu:
-        command.append("--gpu")
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"{method} worker failed (exit {done.returncode}):\n{done.stderr[-4000:]}"
-        )
-    return Result(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def _verdict(ok: bool) -> str:
@@ -266,7 +239,7 @@ def report(results: dict[str, Result], n: int, k: int, d: int, repeats: int) -> 
     lines = [
         f"N={n} queries, K={k} queue entries, D={d}, float32, forward+backward "
         f"(gradient w.r.t. the queries), device {ours.device}, median of {repeats} runs",
-        f"peak memory: {ours.memory_source}, one pass, fresh subprocess per method",
+        f"peak memory: {ours.memory_source}, one warm pass",
         "",
         f"| method | N used | time ms (per N={n}) | peak MiB (per N={n}) |",
         "|---|---:|---:|---:|",
@@ -277,7 +250,9 @@ def report(results: dict[str, Result], n: int, k: int, d: int, repeats: int) -> 
         scaled[result.method] = (result.time_ms * scale, result.peak_mib * scale)
         note = f" (scaled x{scale:g})" if scale != 1 else ""
         time_ms, peak = scaled[result.method]
-        lines.append(f"| {result.method} | {result.n_used} | {time_ms:.1f}{note} | {peak:.1f}{note} |")
+        lines.append(
+            f"| {result.method} | {result.n_used} | {time_ms:.1f}{note} | {peak:.1f}{note} |"
+        )
     if broadcast.n_used != n:
         lines += [
             "",
@@ -310,7 +285,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--gpu", action="store_true", help="use CUDA when available")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
-    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         for name, value in QUICK_SIZES.items():
@@ -322,14 +296,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.worker:
-        result = run_worker(
-            args.worker, args.n, args.k, args.d, args.repeats, args.gpu, args.broadcast_n
-        )
-        print(json.dumps(result.__dict__))
-        return
     start = time.perf_counter()
-    results = {method: _spawn(method, args) for method in METHODS}
+    results = {
+        method: measure(method, args.n, args.k, args.d, args.repeats, args.gpu, args.broadcast_n)
+        for method in METHODS
+    }
     print(report(results, args.n, args.k, args.d, args.repeats))
     print(f"\nbenchmark wall time: {time.perf_counter() - start:.1f} s")
 

@@ -129,6 +129,8 @@ class HCLMixin:
             dim=self.hcl_head.output_dim,
         )
         self.hcl_learn_curvature = hcl_learn_curvature
+        #: Detached (scene, object) ball points of the last training step, for monitors.
+        self.hcl_last_embeddings: tuple[Tensor, Tensor] | None = None
 
     # -- encoders (override for modules that are not named the lightly way) ---------
     def _hcl_head_dims(self, mode: str, dim: int) -> tuple[int, int | None, int | None]:
@@ -193,8 +195,16 @@ class HCLMixin:
         return batch_unshuffle(encoder(x), shuffle, distributed=True)
 
     # -- training -------------------------------------------------------------------
-    def hcl_baseline_batch(self, batch: Mapping[str, Any]) -> tuple[Any, Any, Any]:
-        """The lightly-style ``(views, labels, names)`` batch the baseline expects."""
+    def hcl_baseline_batch(self, batch: Mapping[str, Any]) -> Any:
+        """The batch the baseline's ``training_step`` expects.
+
+        Default: the lightly-style ``(views, labels, names)``. A baseline that needs more
+        of the HCL batch (e.g. ORL's RoIs) defines ``hcl_baseline_batch`` itself; the
+        mixin defers to it.
+        """
+        baseline_hook = getattr(super(), "hcl_baseline_batch", None)
+        if baseline_hook is not None:
+            return baseline_hook(batch)
         return batch["views"], batch.get("labels"), batch.get("index")
 
     def hcl_embed(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -215,6 +225,7 @@ class HCLMixin:
         if self.hcl_lambda == 0:
             return output
         query, key = self.hcl_embed(batch)
+        self.hcl_last_embeddings = (query.detach(), key)
         curvature = self.hcl_head.curvature if self.hcl_learn_curvature else None
         loss_hyp, top1 = self.hcl_criterion(query, key, curvature=curvature, return_accuracy=True)
         loss = loss_euc + self.hcl_lambda * loss_hyp

@@ -1,4 +1,4 @@
-"""Shared training logic for momentum-encoder baselines (MoCo-v2, later DenseCL, ORL).
+"""Shared training logic for momentum-encoder baselines (MoCo-v2, DenseCL, ORL).
 
 Modelled on solo-learn's ``methods/base.py`` split: this base owns the optimiser, the
 linear learning-rate scaling, the cosine learning-rate and momentum schedules and the
@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
-from lightly.models.utils import update_momentum
+from lightly.models.modules.memory_bank import MemoryBankModule
+from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from pytorch_lightning.utilities import rank_zero_warn
-from torch import nn
+from torch import Tensor, distributed, nn
 
 #: Reference batch size of the linear scaling rule (Goyal et al. 2017; MoCo: 0.03 / 256).
 REFERENCE_BATCH_SIZE = 256
@@ -51,6 +53,43 @@ def lr_factor(step: int, warmup_steps: int, total_steps: float) -> float:
     decay_steps = max(int(total_steps) - warmup_steps, 1)
     t = min(step - warmup_steps, decay_steps)
     return 0.5 * (1.0 + math.cos(math.pi * t / decay_steps))
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return (
+        distributed.is_available()
+        and distributed.is_initialized()
+        and distributed.get_world_size() > 1
+    )
+
+
+def persistent_bank(bank: MemoryBankModule) -> MemoryBankModule:
+    """Makes a lightly memory bank (a MoCo queue) part of the ``state_dict``.
+
+    lightly registers ``bank`` and ``bank_ptr`` as non-persistent buffers; MoCo and
+    DenseCL checkpoint their queues, so that a resumed run continues with them.
+    """
+    bank.register_buffer("bank", bank.bank, persistent=True)
+    bank.register_buffer("bank_ptr", bank.bank_ptr, persistent=True)
+    return bank
+
+
+@torch.no_grad()
+def shuffle_bn(encoder: Callable[[Tensor], Tensor | tuple[Tensor, ...]], x: Tensor):
+    """Runs a (momentum) ``encoder`` on ``x`` with MoCo's shuffle-BN.
+
+    The batch is shuffled (across devices under DDP) before ``encoder`` and every
+    output is unshuffled after it, so that BatchNorm statistics cannot leak which query
+    and key belong together. ``encoder`` returns a tensor or a tuple of tensors whose
+    first dimension is the batch; the result has the same structure.
+    """
+    dist = is_distributed()
+    x, shuffle = batch_shuffle(x, distributed=dist)
+    out = encoder(x)
+    if isinstance(out, Tensor):
+        return batch_unshuffle(out, shuffle, distributed=dist)
+    return tuple(batch_unshuffle(o, shuffle, distributed=dist) for o in out)
 
 
 class MomentumBaseline(pl.LightningModule):
@@ -87,6 +126,25 @@ class MomentumBaseline(pl.LightningModule):
         for online, ema in self.momentum_pairs():
             update_momentum(online, ema, m=m)
         return m
+
+    # -- logging --------------------------------------------------------------------
+    def check_batch_size(self, batch_size: int, batch_idx: int) -> None:
+        """Warns once if the batches do not hold ``hparams.batch_size`` images."""
+        if self.global_step == 0 and batch_idx == 0 and batch_size != self.hparams.batch_size:
+            rank_zero_warn(
+                f"{type(self).__name__}: batch_size={self.hparams.batch_size} is used to "
+                f"scale the lr, but the batches hold {batch_size} images per device."
+            )
+
+    def log_schedules(self, momentum: float, batch_size: int) -> None:
+        """Logs the EMA momentum (``train/momentum``) and the lr (``train/lr``)."""
+        self.log("train/momentum", momentum, on_step=True, batch_size=batch_size)
+        self.log(
+            "train/lr",
+            self.trainer.optimizers[0].param_groups[0]["lr"],
+            on_step=True,
+            batch_size=batch_size,
+        )
 
     # -- optimisation -------------------------------------------------------------
     def _world_size(self) -> int:

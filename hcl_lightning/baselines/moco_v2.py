@@ -12,21 +12,12 @@ import copy
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad
-from pytorch_lightning.utilities import rank_zero_warn
-from torch import Tensor, distributed
+from lightly.models.utils import deactivate_requires_grad
+from torch import Tensor
 
 from hcl_lightning.baselines.backbones import build_resnet
-from hcl_lightning.baselines.base import MomentumBaseline
+from hcl_lightning.baselines.base import MomentumBaseline, persistent_bank, shuffle_bn
 from hcl_lightning.mixin import HCLMixin
-
-
-def _distributed() -> bool:
-    return (
-        distributed.is_available()
-        and distributed.is_initialized()
-        and distributed.get_world_size() > 1
-    )
 
 
 class MoCoV2(MomentumBaseline):
@@ -113,10 +104,7 @@ class MoCoV2(MomentumBaseline):
             gather_distributed=True,
         )
         for criterion in (self.criterion_a, self.criterion_b):
-            bank = criterion.memory_bank
-            # lightly registers the queue as non-persistent; MoCo checkpoints it.
-            bank.register_buffer("bank", bank.bank, persistent=True)
-            bank.register_buffer("bank_ptr", bank.bank_ptr, persistent=True)
+            persistent_bank(criterion.memory_bank)  # MoCo checkpoints its queues
 
     # -- encoders -------------------------------------------------------------------
     def momentum_pairs(self):
@@ -137,22 +125,18 @@ class MoCoV2(MomentumBaseline):
         and unshuffled after it, so that BatchNorm statistics cannot leak which query
         and key belong together.
         """
-        dist = _distributed()
-        x, shuffle = batch_shuffle(x, distributed=dist)
-        features = self.backbone_momentum(x).flatten(start_dim=1)
-        key = self.projection_head_momentum(features)
-        return batch_unshuffle(key, shuffle, distributed=dist).detach()
+
+        def encoder(x: Tensor) -> Tensor:
+            return self.projection_head_momentum(self.backbone_momentum(x).flatten(start_dim=1))
+
+        return shuffle_bn(encoder, x).detach()
 
     # -- training ---------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
         """One MoCo-v2 step on a lightly-style batch ``((x0, x1), labels, names)``."""
         views = batch[0]
         x0, x1 = views[0], views[1]
-        if self.global_step == 0 and batch_idx == 0 and x0.shape[0] != self.hparams.batch_size:
-            rank_zero_warn(
-                f"MoCoV2: batch_size={self.hparams.batch_size} is used to scale the lr, "
-                f"but the batches hold {x0.shape[0]} images per device."
-            )
+        self.check_batch_size(x0.shape[0], batch_idx)
         m = self.update_momentum_encoders()
 
         q0, q1 = self.forward(x0), self.forward(x1)
@@ -160,13 +144,7 @@ class MoCoV2(MomentumBaseline):
         loss = 0.5 * (self.criterion_a(q0, k1) + self.criterion_b(q1, k0))
 
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=x0.shape[0])
-        self.log("train/momentum", m, on_step=True, batch_size=x0.shape[0])
-        self.log(
-            "train/lr",
-            self.trainer.optimizers[0].param_groups[0]["lr"],
-            on_step=True,
-            batch_size=x0.shape[0],
-        )
+        self.log_schedules(m, batch_size=x0.shape[0])
         return loss
 
 

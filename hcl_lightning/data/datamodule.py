@@ -105,6 +105,10 @@ class HCLDataModule(pl.LightningDataModule):
         if not 0.0 <= max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
         self.save_hyperparameters()
+        # Paths as strings: checkpoints must load with torch.load(weights_only=True).
+        for key in ("image_dir", "ann_file", "proposals"):
+            if self.hparams[key] is not None:
+                self.hparams[key] = str(self.hparams[key])
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory

@@ -1,0 +1,357 @@
+"""Loading a trained model and embedding images, whole or cropped, into its Poincaré ball.
+
+Shared by the analyses (:mod:`~hcl_lightning.analysis.norms`,
+:mod:`~hcl_lightning.analysis.out_of_context`) and the ``embed`` command, which writes
+Euclidean (backbone) and ball embeddings of a dataset to ``.npy`` (or ``.pt``) files.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightly.transforms.torchvision_v2_compatibility import torchvision_transforms as T
+from lightly.transforms.utils import IMAGENET_NORMALIZE
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from hcl_lightning.data.boxes import _load_json, list_images, sanitize_boxes
+from hcl_lightning.data.dataset import load_image
+
+__all__ = [
+    "DEFAULT_MODEL_CLASS",
+    "AnnotatedImage",
+    "CropDataset",
+    "embed_crops",
+    "embed_dataset",
+    "eval_transform",
+    "load_model",
+    "read_coco",
+    "read_folder",
+    "resolve_device",
+]
+
+#: Class used to rebuild a model from a checkpoint unless another one is given.
+DEFAULT_MODEL_CLASS = "hcl_lightning.baselines.HCLMoCoV2"
+
+Box = tuple[float, float, float, float]
+
+
+# -- model ----------------------------------------------------------------------------
+def _import_class(spec: str | type) -> type:
+    """A class from ``"pkg.module:Class"`` or ``"pkg.module.Class"``."""
+    if isinstance(spec, type):
+        return spec
+    module_name, _, name = spec.partition(":") if ":" in spec else spec.rpartition(".")
+    if not module_name or not name:
+        raise ValueError(f"model class must look like 'package.module.Class', got {spec!r}")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None) picks CUDA when available, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(
+    checkpoint: str | Path,
+    model_class: str | type = DEFAULT_MODEL_CLASS,
+    device: str | torch.device | None = "auto",
+) -> pl.LightningModule:
+    """Rebuilds an HCL LightningModule from a Lightning checkpoint, in eval mode.
+
+    Loaded with ``weights_only=True`` when possible, else in full (which unpickles
+    code: only analyse checkpoints you trust). The checkpoint's saved hyperparameters rebuild the module (``save_hyperparameters``
+    of the baselines records every ``hcl_*`` argument too); ``model_class`` names its
+    class (default :data:`DEFAULT_MODEL_CLASS`).
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    cls = _import_class(model_class)
+    try:
+        model = cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Lightning checkpoints also pickle hyperparameters of the datamodule (paths,
+        # OmegaConf containers): load them in full, as Lightning would. Trusted files only.
+        model = cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    if not (hasattr(model, "hcl_head") and hasattr(model, "hcl_query")):
+        raise TypeError(f"{cls.__name__} is not an HCL module (no hcl_head / hcl_query)")
+    return model.to(resolve_device(device)).eval()
+
+
+# -- images ---------------------------------------------------------------------------
+@dataclass
+class AnnotatedImage:
+    """One image and its annotated objects, as the analyses need them.
+
+    Attributes:
+        path: image file.
+        file_name: name relative to the image folder.
+        image_id: id in the annotation file (or the index in the folder).
+        boxes: float32 (M, 4) xyxy pixel boxes, clipped to the image.
+        ann_ids: (M,) annotation ids (-1 when unknown).
+        category_ids: (M,) category ids of the annotation file (-1 when unknown).
+        category_names: M names ("" when unknown).
+        out_of_context: (M,) 0/1 flags when the annotations carry ``out_of_context``
+            (missing flags count as 0), else None.
+    """
+
+    path: Path
+    file_name: str
+    image_id: int
+    width: int | None = None
+    height: int | None = None
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    ann_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    category_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    category_names: list[str] = field(default_factory=list)
+    out_of_context: np.ndarray | None = None
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.boxes)
+
+
+def read_coco(
+    image_dir: str | Path, ann_file: str | Path, min_box_size: float = 1.0
+) -> list[AnnotatedImage]:
+    """Images and non-crowd boxes of a COCO instances file (boxes clipped, tiny ones dropped).
+
+    Keeps what :class:`~hcl_lightning.data.CocoBoxSource` drops but the analyses need:
+    annotation ids, category names and the optional ``out_of_context`` flag.
+    """
+    image_dir, ann_file = Path(image_dir), Path(ann_file)
+    data = _load_json(ann_file)
+    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+        raise ValueError(f"{ann_file}: expected a COCO JSON with 'images' and 'annotations'")
+    names = {int(c["id"]): str(c.get("name", c["id"])) for c in data.get("categories") or []}
+    flagged = any("out_of_context" in a for a in data["annotations"])
+    by_image: dict[int, list[dict]] = {int(im["id"]): [] for im in data["images"]}
+    for ann in data["annotations"]:
+        if not ann.get("iscrowd", 0) and int(ann["image_id"]) in by_image:
+            by_image[int(ann["image_id"])].append(ann)
+    images = []
+    for im in data["images"]:
+        anns = by_image[int(im["id"])]
+        width, height = int(im["width"]), int(im["height"])
+        xywh = np.asarray([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
+        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        boxes, keep = sanitize_boxes(xyxy, width, height, min_box_size)
+        anns = [a for a, k in zip(anns, keep, strict=True) if k]
+        category_ids = np.asarray([int(a.get("category_id", -1)) for a in anns], np.int64)
+        images.append(
+            AnnotatedImage(
+                path=image_dir / im["file_name"],
+                file_name=str(im["file_name"]),
+                image_id=int(im["id"]),
+                width=width,
+                height=height,
+                boxes=boxes[keep],
+                ann_ids=np.asarray([int(a.get("id", -1)) for a in anns], np.int64),
+                category_ids=category_ids,
+                category_names=[names.get(int(c), str(int(c))) for c in category_ids],
+                out_of_context=(
+                    np.asarray([int(a.get("out_of_context", 0)) for a in anns], np.int64)
+                    if flagged
+                    else None
+                ),
+            )
+        )
+    return images
+
+
+def read_folder(image_dir: str | Path) -> list[AnnotatedImage]:
+    """Every image under a folder (recursively, sorted), without boxes."""
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image_dir not found: {image_dir}")
+    return [
+        AnnotatedImage(path=p, file_name=str(p.relative_to(image_dir)), image_id=i)
+        for i, p in enumerate(list_images(image_dir))
+    ]
+
+
+def eval_transform(size: int) -> T.Compose:
+    """Resize to ``size x size``, tensor, ImageNet normalisation (as in training)."""
+    return T.Compose(
+        [
+            T.Resize((size, size)),
+            T.ToTensor(),
+            T.Normalize(mean=IMAGENET_NORMALIZE["mean"], std=IMAGENET_NORMALIZE["std"]),
+        ]
+    )
+
+
+class CropDataset(Dataset):
+    """``(path, box)`` items to ``(tensor, ok)``: the box region (whole image if None),
+    resized. An unreadable image gives a zero tensor and ``ok = False``."""
+
+    def __init__(self, items: Sequence[tuple[Path, Box | None]], size: int) -> None:
+        self.items = list(items)
+        self.size = size
+        self.transform = eval_transform(size)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, bool]:
+        path, box = self.items[index]
+        try:
+            image = load_image(Path(path))
+        except Exception:  # unreadable images are reported, never crash the analysis
+            return torch.zeros(3, self.size, self.size), False
+        if box is not None:
+            x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
+            x2, y2 = max(int(np.ceil(box[2])), x1 + 1), max(int(np.ceil(box[3])), y1 + 1)
+            image = image.crop((x1, y1, x2, y2))
+        return self.transform(image), True
+
+
+# -- embedding ------------------------------------------------------------------------
+@torch.no_grad()
+def embed_crops(
+    model: pl.LightningModule,
+    items: Sequence[tuple[Path, Box | None]],
+    image_size: int = 224,
+    batch_size: int = 64,
+    encoder: str = "online",
+    num_workers: int = 0,
+    features: bool = False,
+) -> dict[str, np.ndarray]:
+    """Embeds image regions into the model's Poincaré ball.
+
+    Args:
+        model: an HCL module (``hcl_head``, ``hcl_query``, ``hcl_key``) in eval mode.
+        items: ``(image path, xyxy box or None for the whole image)``.
+        image_size: side the regions are resized to.
+        batch_size: regions per forward pass.
+        encoder: ``"online"`` (``hcl_query``: scenes) or ``"key"`` (``hcl_key``: the
+            momentum encoder, for objects).
+        num_workers: DataLoader workers.
+        features: also return the backbone's Euclidean features (captured by a forward
+            hook on ``model.backbone`` / ``model.backbone_momentum``).
+
+    Returns:
+        ``ball`` (N, D) float32 ball points, ``ok`` (N,) bool (False: unreadable
+        image, zero input), and with ``features=True`` ``features`` (N, F).
+    """
+    if encoder not in ("online", "key"):
+        raise ValueError(f"encoder must be 'online' or 'key', got {encoder!r}")
+    device = next(model.parameters()).device
+    encode = model.hcl_query if encoder == "online" else model.hcl_key
+    captured: list[Tensor] = []
+    hook = None
+    backbone = getattr(model, "backbone", None)
+    if encoder == "key" and isinstance(getattr(model, "backbone_momentum", None), nn.Module):
+        backbone = model.backbone_momentum
+    if features and isinstance(backbone, nn.Module):
+        hook = backbone.register_forward_hook(
+            lambda _m, _i, out: captured.append(out.flatten(start_dim=1))
+        )
+    loader = DataLoader(
+        CropDataset(items, image_size), batch_size=batch_size, num_workers=num_workers
+    )
+    balls, feats, oks = [], [], []
+    try:
+        for x, ok in loader:
+            captured.clear()
+            x = x.to(device)
+            ball = model.hcl_head(encode(x))
+            if features:
+                if not captured:  # the module does not route through `backbone`
+                    if not isinstance(backbone, nn.Module):
+                        raise AttributeError(f"{type(model).__name__} has no `backbone`")
+                    captured.append(backbone(x).flatten(start_dim=1))
+                feats.append(captured[-1].float().cpu())
+            balls.append(ball.float().cpu())
+            oks.append(ok)
+    finally:
+        if hook is not None:
+            hook.remove()
+    dim = model.hcl_head.output_dim
+    out = {
+        "ball": torch.cat(balls).numpy() if balls else np.zeros((0, dim), np.float32),
+        "ok": torch.cat(oks).numpy().astype(bool) if oks else np.zeros((0,), bool),
+    }
+    if features:
+        out["features"] = torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
+    return out
+
+
+def curvature_of(model: pl.LightningModule) -> float:
+    """The (current) curvature magnitude ``c`` of the model's ball."""
+    return float(model.hcl_head.curvature.detach())
+
+
+def embed_dataset(
+    model: pl.LightningModule,
+    images: Sequence[AnnotatedImage],
+    out_dir: str | Path,
+    image_size: int = 224,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    fmt: str = "npy",
+) -> dict[str, Any]:
+    """Writes whole-image embeddings of ``images`` to ``out_dir``.
+
+    Files (``fmt="npy"``): ``features.npy`` (N, F) backbone features of the online
+    encoder, ``ball.npy`` (N, D) Poincaré points, ``norms.npy`` (N,) ball norms as a
+    fraction of the radius, ``files.txt`` (one file name a line, in row order) and
+    ``meta.json`` (curvature, dims, failed files). ``fmt="pt"`` writes one
+    ``embeddings.pt`` dict with the same entries (``files`` a list) instead of the arrays.
+
+    Returns:
+        The summary written to ``meta.json``.
+    """
+    if fmt not in ("npy", "pt"):
+        raise ValueError(f"fmt must be 'npy' or 'pt', got {fmt!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = embed_crops(
+        model,
+        [(im.path, None) for im in images],
+        image_size=image_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        features=True,
+    )
+    c = curvature_of(model)
+    norms = np.linalg.norm(result["ball"], axis=1) * np.sqrt(c)
+    files = [im.file_name for im in images]
+    meta = {
+        "n_images": len(files),
+        "curvature": c,
+        "feature_dim": int(result["features"].shape[1]),
+        "ball_dim": int(result["ball"].shape[1]),
+        "image_size": image_size,
+        "failed": [f for f, ok in zip(files, result["ok"], strict=True) if not ok],
+    }
+    if fmt == "npy":
+        np.save(out_dir / "features.npy", result["features"])
+        np.save(out_dir / "ball.npy", result["ball"])
+        np.save(out_dir / "norms.npy", norms.astype(np.float32))
+        (out_dir / "files.txt").write_text("".join(f + "\n" for f in files))
+    else:
+        torch.save(
+            {
+                "features": torch.from_numpy(result["features"]),
+                "ball": torch.from_numpy(result["ball"]),
+                "norms": torch.from_numpy(norms.astype(np.float32)),
+                "files": files,
+                "curvature": c,
+            },
+            out_dir / "embeddings.pt",
+        )
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta

@@ -1,0 +1,265 @@
+"""DenseCL (Wang et al., CVPR 2021) as a lightly-built LightningModule.
+
+- [0] DenseCL, Wang et al. 2021, https://arxiv.org/abs/2011.09157,
+  code: https://github.com/WXinlong/DenseCL (``openselfsup/models/densecl.py``)
+- [1] MoCo v2, Chen et al. 2020, https://arxiv.org/abs/2003.04297
+- [2] HCL, Ge et al. CVPR 2023, https://arxiv.org/abs/2212.00653
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from lightly.loss import NTXentLoss
+from lightly.models.modules import DenseCLProjectionHead
+from lightly.models.modules.memory_bank import MemoryBankModule
+from lightly.models.utils import deactivate_requires_grad, select_most_similar
+from torch import Tensor, nn
+
+from hcl_lightning.baselines.backbones import build_resnet
+from hcl_lightning.baselines.base import MomentumBaseline, persistent_bank, shuffle_bn
+from hcl_lightning.mixin import HCLMixin
+
+__all__ = ["DenseCL", "HCLDenseCL", "dense_info_nce", "resnet_feature_map"]
+
+
+def resnet_feature_map(resnet: nn.Module, x: Tensor) -> Tensor:
+    """The last feature map ``(B, C, H', W')`` of a torchvision ResNet, before pooling.
+
+    Runs the ResNet's own stem and ``layer1`` .. ``layer4``, so the module (and its
+    ``state_dict`` names) stays a plain torchvision ResNet; ``resnet(x)`` still returns
+    the globally pooled features, which are ``resnet_feature_map(resnet, x).mean((2, 3))``.
+    """
+    x = resnet.maxpool(resnet.relu(resnet.bn1(resnet.conv1(x))))
+    return resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(x))))
+
+
+def dense_info_nce(
+    query: Tensor, positive: Tensor, negatives: Tensor, temperature: float
+) -> Tensor:
+    """InfoNCE of DenseCL's dense branch, averaged over all grid cells.
+
+    Args:
+        query: ``(N, D)`` query cells (any norm; L2-normalised here).
+        positive: ``(N, D)`` the matched key cell of each query cell.
+        negatives: ``(K, D)`` the dense queue (L2-normalised pooled dense keys).
+        temperature: softmax temperature.
+
+    Returns:
+        ``mean_n -log softmax([q_n·k_n, q_n·Q_1, ..., q_n·Q_K] / τ)[0]``, the same
+        cross-entropy as :class:`lightly.loss.NTXentLoss` with a memory bank.
+    """
+    query = F.normalize(query, dim=1)
+    positive = F.normalize(positive, dim=1)
+    logits = torch.cat([(query * positive).sum(1, keepdim=True), query @ negatives.T], dim=1)
+    labels = torch.zeros(len(query), dtype=torch.long, device=query.device)
+    return F.cross_entropy(logits / temperature, labels)
+
+
+class DenseCL(MomentumBaseline):
+    """Dense Contrastive Learning [0]: MoCo-v2 plus a dense, cell-level InfoNCE.
+
+    Per step, with ``x0`` the query view and ``x1`` the key view (not symmetrised, as in
+    [0]):
+
+    * **Encoders.** The backbone is a torchvision ResNet (:func:`build_resnet`) kept
+      whole, so checkpoints export like MoCo-v2's; :func:`resnet_feature_map` runs its
+      layers to get the ``S x S`` feature grid, and global features are that grid
+      average-pooled (what ``backbone(x)`` returns). A global head (``projection_head``,
+      :class:`~lightly.models.modules.DenseCLProjectionHead`) maps pooled features;
+      a dense head (``dense_head``, same MLP applied to every cell, i.e. DenseCL's 1x1
+      convolutions) maps every cell. Keys come from the momentum copies
+      (``backbone_momentum``, ``projection_head_momentum``, ``dense_head_momentum``)
+      with shuffle-BN.
+    * **Global loss.** MoCo's InfoNCE of ``q`` (``x0``, online) against ``k``
+      (``x1``, momentum) and a queue of past ``k`` (:class:`~lightly.loss.NTXentLoss`
+      with a memory bank, ``criterion``).
+    * **Dense loss.** Each query cell is matched to the key cell whose *backbone*
+      feature (query grid vs. momentum key grid) has the highest cosine similarity
+      (``select_most_similar``); the positive is that key cell's dense projection, the
+      negatives are a separate queue (``dense_bank``) that receives *one* key per image,
+      the average-pooled dense projection of the key view (``k2`` in [0]).
+    * **Total.** ``(1 - λ_dense)·L_global + λ_dense·L_dense``, ``λ_dense = 0.5``. With
+      ``dense_warmup_steps > 0``, ``λ_dense = 0`` for the first optimiser steps (the
+      reference code's ``start_iters``, 1000 iterations in its COCO configs); during
+      warm-up the dense branch still runs and its queue is still filled.
+
+    Optimiser, lr scaling, cosine schedule and EMA momentum (0.999, cosine to 1)
+    come from :class:`MomentumBaseline`. Queues are persistent buffers and receive keys
+    gathered across devices.
+
+    Args:
+        backbone: torchvision ResNet name (see :func:`build_resnet`).
+        small_input: CIFAR-style stem for 32-96 px images.
+        proj_hidden_dim: hidden width of the global and dense MLPs.
+        out_dim: output dimension of the global and dense MLPs.
+        temperature: InfoNCE temperature of both losses.
+        queue_size: number of keys in each of the two queues.
+        dense_lambda: weight ``λ_dense`` of the dense loss.
+        dense_warmup_steps: optimiser steps with ``λ_dense = 0``.
+        momentum: initial EMA momentum of the key encoder.
+        lr: learning rate per 256 images (scaled linearly with the global batch).
+        weight_decay: SGD weight decay.
+        sgd_momentum: SGD momentum.
+        batch_size: per-device batch size, used for the lr scaling.
+        warmup_epochs: epochs of linear lr warm-up.
+        warmup_steps: optimiser steps of linear lr warm-up (overrides ``warmup_epochs``).
+
+    Examples:
+        >>> model = DenseCL(backbone="resnet50", batch_size=32)
+        >>> trainer = pl.Trainer(max_epochs=200, accelerator="gpu", devices=8, strategy="ddp")
+        >>> trainer.fit(model, train_dataloaders=loader)  # yields ((x0, x1), y, names)
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnet50",
+        small_input: bool = False,
+        proj_hidden_dim: int = 2048,
+        out_dim: int = 128,
+        temperature: float = 0.2,
+        queue_size: int = 65536,
+        dense_lambda: float = 0.5,
+        dense_warmup_steps: int = 0,
+        momentum: float = 0.999,
+        lr: float = 0.03,
+        weight_decay: float = 1e-4,
+        sgd_momentum: float = 0.9,
+        batch_size: int = 256,
+        warmup_epochs: int = 0,
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= dense_lambda <= 1.0:
+            raise ValueError(f"dense_lambda must be in [0, 1], got {dense_lambda}")
+        self.save_hyperparameters()
+
+        self.backbone, self.feat_dim = build_resnet(backbone, small_input=small_input)
+        self.projection_head = DenseCLProjectionHead(self.feat_dim, proj_hidden_dim, out_dim)
+        self.dense_head = DenseCLProjectionHead(self.feat_dim, proj_hidden_dim, out_dim)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        self.dense_head_momentum = copy.deepcopy(self.dense_head)
+        for module in (
+            self.backbone_momentum,
+            self.projection_head_momentum,
+            self.dense_head_momentum,
+        ):
+            deactivate_requires_grad(module)
+
+        self.criterion = NTXentLoss(
+            temperature=temperature,
+            memory_bank_size=(queue_size, out_dim),
+            gather_distributed=True,
+        )
+        persistent_bank(self.criterion.memory_bank)
+        self.dense_bank = persistent_bank(
+            MemoryBankModule(
+                size=(queue_size, out_dim), gather_distributed=True, feature_dim_first=False
+            )
+        )
+
+    # -- encoders -------------------------------------------------------------------
+    def momentum_pairs(self):
+        return super().momentum_pairs() + [
+            (self.backbone, self.backbone_momentum),
+            (self.projection_head, self.projection_head_momentum),
+            (self.dense_head, self.dense_head_momentum),
+        ]
+
+    @staticmethod
+    def _encode(
+        backbone: nn.Module, head: nn.Module, dense_head: nn.Module, x: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(global (B, D), dense (B, S², D), backbone grid (B, S², C))`` of ``x``."""
+        grid = resnet_feature_map(backbone, x).flatten(start_dim=2).transpose(1, 2)
+        return head(grid.mean(dim=1)), dense_head(grid), grid
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Global query projection ``(B, out_dim)`` of the online encoder."""
+        return self.projection_head(self.backbone(x).flatten(start_dim=1))
+
+    def forward_dense(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Online ``(global (B, D), dense (B, S², D), backbone grid (B, S², C))``."""
+        return self._encode(self.backbone, self.projection_head, self.dense_head, x)
+
+    @torch.no_grad()
+    def forward_momentum(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Momentum ``(global, dense, backbone grid)`` of ``x``, with shuffle-BN."""
+
+        def encoder(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            return self._encode(
+                self.backbone_momentum, self.projection_head_momentum, self.dense_head_momentum, x
+            )
+
+        return tuple(out.detach() for out in shuffle_bn(encoder, x))
+
+    def current_dense_lambda(self) -> float:
+        """``λ_dense`` at the current step: 0 during ``dense_warmup_steps``."""
+        if self.global_step < int(self.hparams.dense_warmup_steps):
+            return 0.0
+        return float(self.hparams.dense_lambda)
+
+    # -- training ---------------------------------------------------------------------
+    def densecl_losses(self, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
+        """``(L_global, L_dense)`` of query view ``x0`` and key view ``x1``; enqueues keys.
+
+        Both losses use the queues as they were before this call; then the global queue
+        receives ``k`` and the dense queue the pooled dense keys (one per image).
+        """
+        q, q_dense, q_grid = self.forward_dense(x0)
+        k, k_dense, k_grid = self.forward_momentum(x1)
+        loss_global = self.criterion(q, k)
+
+        # Correspondence by the backbone grids; positives from the dense key projection.
+        k_matched = select_most_similar(q_grid, k_grid, k_dense)
+        k_pooled = F.normalize(k_dense.mean(dim=1), dim=1)
+        _, negatives = self.dense_bank(k_pooled, update=q_dense.requires_grad)
+        loss_dense = dense_info_nce(
+            q_dense.flatten(0, 1),
+            k_matched.flatten(0, 1),
+            negatives.to(q_dense.device),
+            float(self.hparams.temperature),
+        )
+        return loss_global, loss_dense
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        """One DenseCL step on a lightly-style batch ``((x0, x1), labels, names)``."""
+        x0, x1 = batch[0][0], batch[0][1]
+        self.check_batch_size(x0.shape[0], batch_idx)
+        m = self.update_momentum_encoders()
+
+        loss_global, loss_dense = self.densecl_losses(x0, x1)
+        lam = self.current_dense_lambda()
+        loss = (1.0 - lam) * loss_global + lam * loss_dense
+
+        n = x0.shape[0]
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=n)
+        self.log_dict(
+            {
+                "train/loss_global": loss_global.detach(),
+                "train/loss_dense": loss_dense.detach(),
+                "train/dense_lambda": lam,
+            },
+            on_step=True,
+            batch_size=n,
+        )
+        self.log_schedules(m, batch_size=n)
+        return loss
+
+
+class HCLDenseCL(HCLMixin, DenseCL):
+    """DenseCL with HCL's hyperbolic scene-object loss: ``L = L_densecl + λ·L_hyp``.
+
+    The hyperbolic branch uses the global path (mixin defaults): queries are
+    ``projection_head(backbone(scene))`` of the online encoder, keys the same of the
+    momentum encoder on the object crops (``backbone(x)`` of the ResNet is the pooled
+    feature grid).
+
+    Example:
+        >>> model = HCLDenseCL(hcl_lambda=0.1, backbone="resnet18", small_input=True,
+        ...                    batch_size=64)
+    """

@@ -1,0 +1,161 @@
+"""Checks of an ``hcl-train`` config, run before anything heavy is built.
+
+Each error names the key, the bad value and what is allowed, e.g.
+``hcl.tau=0: must be a finite number > 0 (temperature of the hyperbolic InfoNCE)``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from hcl_lightning.mixin import HEAD_MODES
+
+__all__ = ["ConfigError", "validate_config"]
+
+#: Side above which the small-input (stride-1) stem makes a ResNet needlessly slow.
+SMALL_INPUT_MAX_SIZE = 96
+
+
+class ConfigError(ValueError):
+    """An ``hcl-train`` config value that cannot work."""
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    """The value at dotted ``key``; ``ConfigError`` if it is missing (``???``)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig) or leaf not in node.keys():  # keys(): also `???`
+        raise ConfigError(f"{key} is not set: the config has no such key")
+    if OmegaConf.is_missing(node, leaf):
+        raise ConfigError(f"{key} is required: pass {key}=<value> on the command line")
+    return node[leaf]
+
+
+def _number(cfg: DictConfig, key: str, allowed: str, ok, what: str, integer=False) -> None:
+    value = _get(cfg, key)
+    kind = int if integer else (int, float)
+    valid = (
+        isinstance(value, kind)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and ok(value)
+    )
+    if not valid:
+        number = "an integer" if integer else "a finite number"
+        raise ConfigError(f"{key}={value!r}: must be {number} {allowed} ({what})")
+
+
+def _choice(cfg: DictConfig, key: str, allowed: Iterable[Any], what: str) -> None:
+    value = _get(cfg, key)
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(
+            f"{key}={value!r}: must be one of {', '.join(map(str, allowed))} ({what})"
+        )
+
+
+def _path(cfg: DictConfig, key: str, directory: bool, optional: bool) -> None:
+    value = _get(cfg, key)
+    if value is None:
+        if optional:
+            return
+        raise ConfigError(f"{key} is required: pass {key}=<path>")
+    path = Path(str(value)).expanduser()
+    exists = path.is_dir() if directory else path.is_file()
+    if not exists:
+        kind = "directory" if directory else "file"
+        raise ConfigError(f"{key}={value}: {kind} not found ({path.resolve()})")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raises :class:`ConfigError` (a ``ValueError``) for the first value that cannot work.
+
+    Checks the ``hcl`` group (``lam`` >= 0, ``tau`` > 0, ``c`` > 0, ``queue_size`` >= 0,
+    ``head``), ``data.batch_size`` and crop sizes, that ``data.image_dir`` /
+    ``data.ann_file`` / ``data.proposals`` exist (not for generated synthetic data,
+    whose paths are filled in later), the model target and ``ckpt_path``. Warns when
+    the small-input stem is combined with large crops (``preset=demo`` on real data).
+
+    Args:
+        cfg: the composed config of ``hcl-train``.
+
+    Raises:
+        ConfigError: naming the key, its value and what is allowed.
+    """
+    for group in ("model", "data", "trainer", "hcl"):
+        if not isinstance(OmegaConf.select(cfg, group), DictConfig):
+            raise ConfigError(f"{group}: config group missing; choose one with {group}=<option>")
+
+    # hcl: the hyperbolic branch
+    _number(cfg, "hcl.lam", ">= 0", lambda v: v >= 0, "weight λ of the hyperbolic loss")
+    _number(cfg, "hcl.tau", "> 0", lambda v: v > 0, "temperature of the hyperbolic InfoNCE")
+    _number(cfg, "hcl.c", "> 0", lambda v: v > 0, "curvature of the Poincaré ball")
+    _number(
+        cfg, "hcl.queue_size", ">= 0", lambda v: v >= 0, "hyperbolic queue length", integer=True
+    )
+    _choice(cfg, "hcl.head", HEAD_MODES, "projection head of the hyperbolic branch")
+    if _get(cfg, "hcl.alpha") is not None:
+        _number(cfg, "hcl.alpha", "> 0 or null", lambda v: v > 0, "scale before expmap0")
+    if _get(cfg, "hcl.clip_r") is not None:
+        _number(cfg, "hcl.clip_r", ">= 0 or null", lambda v: v >= 0, "tangent-norm guard")
+    _choice(cfg, "hcl.learn_curvature", (True, False), "learn the curvature")
+
+    # model
+    target = _get(cfg, "model._target_")
+    if not isinstance(target, str) or "." not in target:
+        raise ConfigError(f"model._target_={target!r}: must be a dotted class path")
+    if "queue_size" in cfg.model:
+        _number(cfg, "model.queue_size", ">= 1", lambda v: v >= 1, "MoCo queue", integer=True)
+
+    # data
+    _number(cfg, "data.batch_size", ">= 1", lambda v: v >= 1, "per-device batch", integer=True)
+    for key in ("data.object_size", "data.scene_size"):
+        if OmegaConf.select(cfg, key) is not None:
+            _number(cfg, key, ">= 1", lambda v: v >= 1, "crop side in pixels", integer=True)
+    synthetic = OmegaConf.select(cfg, "data.synthetic")
+    if synthetic is not None:
+        _number(
+            cfg,
+            "data.synthetic.n_images",
+            ">= data.batch_size",
+            lambda v: v >= max(1, cfg.data.batch_size),
+            "images generated; one batch at least",
+            integer=True,
+        )
+        _number(
+            cfg, "data.synthetic.image_size", ">= 32", lambda v: v >= 32, "image side", integer=True
+        )
+    else:
+        _path(cfg, "data.image_dir", directory=True, optional=False)
+        for key in ("data.ann_file", "data.proposals"):
+            if key.rpartition(".")[2] in cfg.data.keys():
+                _path(cfg, key, directory=False, optional=True)
+        if (
+            OmegaConf.select(cfg, "data.ann_file") is not None
+            and OmegaConf.select(cfg, "data.proposals") is not None
+        ):
+            raise ConfigError(
+                "data.ann_file and data.proposals are both set: give at most one box source"
+            )
+
+    # resume: only ever explicit
+    ckpt = _get(cfg, "ckpt_path")
+    if ckpt is not None and ckpt not in ("last", "hpc"):
+        _path(cfg, "ckpt_path", directory=False, optional=True)
+
+    size = max(
+        OmegaConf.select(cfg, "data.object_size") or 0,
+        OmegaConf.select(cfg, "data.scene_size") or 0,
+    )
+    if OmegaConf.select(cfg, "model.small_input") and size > SMALL_INPUT_MAX_SIZE:
+        warnings.warn(
+            f"model.small_input=true (stride-1 stem for 32-96 px) with {size}-px crops is "
+            "slow and not the paper's setup; use preset=paper (ResNet-50, standard stem)",
+            stacklevel=2,
+        )

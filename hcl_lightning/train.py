@@ -1,0 +1,262 @@
+"""``hcl-train``: the Hydra entry point of hcl_lightning.
+
+Composes ``hcl_lightning/conf`` (also linked as ``conf/`` at the repository root)::
+
+    hcl-train                                           # CPU demo on generated scenes
+    hcl-train hcl.lam=0.5 trainer.max_epochs=10         # any value
+    hcl-train -m hcl.lam=0,0.05,0.1,0.5 hcl.tau=0.1,0.2 # a sweep, one directory per job
+    hcl-train preset=paper trainer=gpu data=coco data.image_dir=... data.ann_file=...
+    hcl-train trainer=ddp trainer.devices=8 trainer.num_nodes=4 hydra/launcher=submitit_slurm
+    python -m hcl_lightning.train ...                   # the same
+
+Every run, and every job of a sweep, writes its logs and checkpoints into its own Hydra
+output directory and starts from scratch: a run resumes only from an explicit
+``ckpt_path=...``. :func:`train` is the whole run for a composed config, so tests and
+notebooks can call it without the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hcl_lightning.config import ConfigError, validate_config
+from hcl_lightning.data import make_synthetic_scenes
+
+__all__ = ["main", "train"]
+
+#: Metrics of the summary, in the order printed.
+SUMMARY_METRICS = (
+    "train/loss",
+    "train/loss_euc",
+    "train/loss_hyp",
+    "train/hyp_acc1",
+    "train/norm_scene",
+    "train/norm_object",
+    "train/loss_total",
+)
+#: Steps averaged for the "first -> last" trend of the summary.
+TREND_STEPS = 5
+MAX_DIRNAME = 120
+
+
+def _dirname(overrides: str) -> str:
+    """A sweep job's overrides as one path-safe directory name of bounded length.
+
+    ``hcl.*`` overrides come first, so that the swept HCL values survive the cut to
+    :data:`MAX_DIRNAME` characters; the job number in front keeps names unique.
+    """
+    items = re.split(r",(?=[+~]*[\w.]+=)", str(overrides)) if overrides else []
+    items.sort(key=lambda item: not item.lstrip("+~").startswith("hcl."))
+    return re.sub(r"[^\w.,=+-]", "_", ",".join(items))[:MAX_DIRNAME]
+
+
+OmegaConf.register_new_resolver("hcl_dirname", _dirname, replace=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock on ``path`` (ranks and sweep jobs generating the same data)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: generation is deterministic, so races only cost time
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_synthetic_data(cfg: DictConfig) -> None:
+    """Generates (or reuses) the synthetic scenes of ``data.synthetic``, in place.
+
+    Fills in ``data.image_dir`` and ``data.ann_file`` and removes ``data.synthetic``, so
+    ``cfg.data`` can be instantiated as an :class:`~hcl_lightning.data.HCLDataModule`.
+    Does nothing for other data.
+    """
+    synthetic = OmegaConf.select(cfg, "data.synthetic")
+    if synthetic is None:
+        return
+    args = OmegaConf.to_container(synthetic, resolve=True)
+    root = Path(str(args.pop("root"))).expanduser().resolve()
+    with _file_lock(root.parent / f".{root.name}.lock"):
+        image_dir, ann_file = make_synthetic_scenes(root, **args)
+    with open_dict(cfg.data):
+        cfg.data.image_dir = str(image_dir)
+        cfg.data.ann_file = str(ann_file)
+        del cfg.data["synthetic"]
+
+
+class _MetricHistory(pl.Callback):
+    """Keeps the per-step values of :data:`SUMMARY_METRICS` for the summary's trend."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        metrics = trainer.callback_metrics
+        for key in SUMMARY_METRICS:
+            if key in metrics:
+                self.values.setdefault(key, []).append(float(metrics[key]))
+
+    def trend(self, key: str) -> tuple[float, float] | None:
+        """Means of the first and of the last :data:`TREND_STEPS` values of ``key``."""
+        values = self.values.get(key)
+        if not values or len(values) < 2 * TREND_STEPS:
+            return None
+        head, tail = values[:TREND_STEPS], values[-TREND_STEPS:]
+        return sum(head) / len(head), sum(tail) / len(tail)
+
+
+def _instantiate_dict(node: DictConfig | None) -> list[Any]:
+    """Instantiates every ``_target_`` entry of a ``name: {_target_: ...}`` mapping."""
+    if not node:
+        return []
+    return [
+        hydra.utils.instantiate(value, _convert_="all")
+        for value in node.values()
+        if isinstance(value, DictConfig) and "_target_" in value
+    ]
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    try:
+        value = cfg.output_dir
+    except Exception as error:  # composed outside @hydra.main, without output_dir=...
+        raise ConfigError(
+            "output_dir: cannot be resolved outside hcl-train; pass output_dir=<directory>"
+        ) from error
+    return Path(str(value)).expanduser().resolve()
+
+
+def _summary(
+    trainer: pl.Trainer, history: _MetricHistory, seconds: float, output_dir: Path
+) -> dict[str, Any]:
+    metrics = {
+        key.removeprefix("train/"): float(trainer.callback_metrics[key])
+        for key in SUMMARY_METRICS
+        if key in trainer.callback_metrics
+    }
+    checkpoint = None
+    callback = trainer.checkpoint_callback
+    if callback is not None:
+        path = callback.last_model_path or callback.best_model_path
+        checkpoint = str(Path(path).resolve()) if path else None
+    log_dir = trainer.logger.log_dir if trainer.logger is not None else None
+    objective = metrics.get("loss_total", metrics.get("loss_euc", metrics.get("loss", math.nan)))
+    return {
+        **metrics,
+        "objective": objective,
+        "trend": {key: history.trend(key) for key in SUMMARY_METRICS if history.trend(key)},
+        "global_step": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "seconds": seconds,
+        "output_dir": str(output_dir),
+        "log_dir": str(Path(log_dir).resolve()) if log_dir else None,
+        "checkpoint": checkpoint,
+    }
+
+
+def _print_summary(summary: dict[str, Any], lam: float) -> None:
+    lines = [
+        f"hcl-train: {summary['global_step']} steps, {summary['epochs']} epochs, "
+        f"{summary['seconds']:.0f} s"
+    ]
+    for key in ("loss_euc", "loss_hyp", "hyp_acc1", "loss_total"):
+        if key not in summary:
+            lines.append(f"  {key:<11} n/a (hcl.lam={lam:g})")
+            continue
+        trend = summary["trend"].get(f"train/{key}")
+        first_last = (
+            f"   (first {TREND_STEPS} steps {trend[0]:.4f} -> last {TREND_STEPS} {trend[1]:.4f})"
+            if trend
+            else ""
+        )
+        lines.append(f"  {key:<11} {summary[key]:.4f}{first_last}")
+    if "norm_scene" in summary and "norm_object" in summary:
+        lines.append(
+            f"  mean norm in the ball: scenes {summary['norm_scene']:.4f}, "
+            f"objects {summary['norm_object']:.4f} (scenes nearer the origin: "
+            f"{'yes' if summary['norm_scene'] < summary['norm_object'] else 'no'})"
+        )
+    lines.append(f"output_dir={summary['output_dir']}")
+    if summary["log_dir"]:
+        lines.append(f"logs={summary['log_dir']}")
+    if summary["checkpoint"]:
+        lines.append(f"checkpoint={summary['checkpoint']}")
+    print("\n".join(lines), flush=True)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Validates ``cfg``, trains, and returns the summary of the run.
+
+    Steps: :func:`~hcl_lightning.config.validate_config`; seeding; generating the
+    synthetic scenes for ``data=synthetic``; instantiating the datamodule, model,
+    callbacks, loggers and trainer from their ``_target_``; ``trainer.fit`` (resuming
+    only from ``cfg.ckpt_path``); printing the summary on rank 0.
+
+    Args:
+        cfg: the composed config (``hcl_lightning/conf/config.yaml`` + overrides); when
+            composed with Hydra's compose API, pass ``output_dir=<directory>``.
+
+    Returns:
+        The last logged value of each metric (``loss_euc``, ``loss_hyp``, ``hyp_acc1``,
+        ``norm_scene``, ``norm_object``, ``loss_total``, ...; absent when not logged, e.g.
+        the hyperbolic ones for ``hcl.lam=0``), ``objective`` (``loss_total``, or the
+        baseline loss for ``hcl.lam=0``), ``trend`` (first/last step means), and
+        ``output_dir``, ``log_dir``, ``checkpoint`` (absolute paths).
+
+    Raises:
+        ConfigError: (a ``ValueError``) for an invalid config, before anything is built.
+    """
+    validate_config(cfg)
+    output_dir = _output_dir(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    cfg = copy.deepcopy(cfg)  # the caller's config keeps its synthetic node
+    prepare_synthetic_data(cfg)
+
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    history = _MetricHistory()
+    callbacks = [*_instantiate_dict(cfg.get("callbacks")), history]
+    loggers = _instantiate_dict(cfg.get("logger")) or False
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, _convert_="all"
+    )
+    if trainer.is_global_zero:
+        print(
+            f"hcl-train: {type(model).__name__}({cfg.model.backbone}) on {cfg.data.image_dir}, "
+            f"hcl.lam={cfg.hcl.lam:g} hcl.tau={cfg.hcl.tau:g} hcl.c={cfg.hcl.c:g}, "
+            f"output_dir={output_dir}",
+            flush=True,
+        )
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    summary = _summary(trainer, history, time.perf_counter() - start, output_dir)
+    if trainer.is_global_zero:
+        _print_summary(summary, float(cfg.hcl.lam))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """``hcl-train``: trains with the composed config; returns the final loss for sweepers."""
+    return train(cfg)["objective"]
+
+
+if __name__ == "__main__":
+    main()
