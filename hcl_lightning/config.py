@@ -146,8 +146,10 @@ def validate_config(cfg: DictConfig) -> None:
 
     # resume: only ever explicit
     ckpt = _get(cfg, "ckpt_path")
-    if ckpt is not None and ckpt not in ("last", "hpc"):
+    if ckpt is not None and ckpt not in ("last", "hpc", "auto"):
         _path(cfg, "ckpt_path", directory=False, optional=True)
+
+    _check_training(cfg)
 
     size = max(
         OmegaConf.select(cfg, "data.object_size") or 0,
@@ -159,3 +161,117 @@ def validate_config(cfg: DictConfig) -> None:
             "slow and not the paper's setup; use preset=paper (ResNet-50, standard stem)",
             stacklevel=2,
         )
+
+
+#: ``trainer.precision`` values Lightning accepts.
+PRECISIONS = (
+    "32-true",
+    "32",
+    32,
+    "64-true",
+    "64",
+    64,
+    "16-mixed",
+    "16",
+    16,
+    "bf16-mixed",
+    "bf16",
+    "16-true",
+    "bf16-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
+
+
+def _optional_number(cfg: DictConfig, key: str, allowed: str, ok, what: str, integer=False):
+    if OmegaConf.select(cfg, key, default=None) is not None:
+        _number(cfg, key, allowed, ok, what, integer=integer)
+
+
+def _world_size(cfg: DictConfig) -> int | None:
+    """``devices x num_nodes`` when the config fixes it, else None (e.g. ``devices=auto``)."""
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1)
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if OmegaConf.is_list(devices) or isinstance(devices, list | tuple):
+        devices = len(devices)
+    if not isinstance(devices, int) or devices < 1 or not isinstance(nodes, int) or nodes < 1:
+        return None
+    return devices * nodes
+
+
+def _check_training(cfg: DictConfig) -> None:
+    """Data hygiene, trainer, optimiser and queue checks, and incompatible combinations."""
+    _optional_number(
+        cfg,
+        "data.max_bad_fraction",
+        "in [0, 1]",
+        lambda v: 0 <= v <= 1,
+        "largest tolerated fraction of bad images",
+    )
+    _optional_number(
+        cfg,
+        "data.max_image_pixels",
+        ">= 1 or null",
+        lambda v: v >= 1,
+        "pixel budget of a decoded image",
+        integer=True,
+    )
+    _optional_number(
+        cfg, "data.num_workers", ">= 0", lambda v: v >= 0, "DataLoader workers", integer=True
+    )
+    for key in ("data.min_object_size", "data.min_box_size"):
+        _optional_number(cfg, key, ">= 0", lambda v: v >= 0, "box side in pixels")
+    _optional_number(cfg, "model.lr", "> 0", lambda v: v > 0, "base learning rate")
+    _optional_number(cfg, "model.temperature", "> 0", lambda v: v > 0, "InfoNCE temperature")
+    _optional_number(
+        cfg, "model.momentum", "in [0, 1]", lambda v: 0 <= v <= 1, "momentum-encoder EMA"
+    )
+    _optional_number(cfg, "model.weight_decay", ">= 0", lambda v: v >= 0, "weight decay")
+    _optional_number(cfg, "hcl.dim", ">= 1", lambda v: v >= 1, "separate head output", integer=True)
+    _optional_number(
+        cfg,
+        "trainer.accumulate_grad_batches",
+        ">= 1",
+        lambda v: v >= 1,
+        "batches per optimiser step",
+        integer=True,
+    )
+    _optional_number(
+        cfg,
+        "callbacks.nonfinite_guard.max_consecutive",
+        ">= 1",
+        lambda v: v >= 1,
+        "bad steps in a row that stop training",
+        integer=True,
+    )
+
+    precision = OmegaConf.select(cfg, "trainer.precision", default=None)
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={precision!r}: must be one of 32-true, bf16-mixed, 16-mixed, "
+            "64-true, bf16-true, 16-true (Lightning's precision)"
+        )
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
+    if accelerator == "cpu" and str(precision) in ("16-mixed", "16"):
+        raise ConfigError(
+            f"trainer.precision={precision!r} with trainer.accelerator=cpu: fp16 autocast "
+            "needs a GPU (Lightning would silently run bf16 instead); use "
+            "trainer.precision=bf16-mixed on the CPU, or trainer=gpu"
+        )
+
+    # lightly's MoCo/DenseCL queue drops the keys of a batch that do not fit before its
+    # end, as the original MoCo asserts K % batch == 0: the global batch must divide it.
+    world = _world_size(cfg)
+    queue = OmegaConf.select(cfg, "model.queue_size", default=None)
+    batch = OmegaConf.select(cfg, "data.batch_size", default=None)
+    if isinstance(queue, int) and isinstance(batch, int) and world and queue >= 1 and batch >= 1:
+        global_batch = batch * world
+        if queue % global_batch:
+            raise ConfigError(
+                f"model.queue_size={queue}: must be a multiple of the global batch "
+                f"{global_batch} (data.batch_size={batch} x {world} devices x nodes), as "
+                "lightly's MoCo queue drops the keys of a batch that overrun its end; e.g. "
+                f"model.queue_size={max(1, queue // global_batch) * global_batch}"
+            )

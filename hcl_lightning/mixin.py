@@ -235,6 +235,7 @@ class HCLMixin:
                 "train/hyp_acc1": top1,
                 "train/norm_scene": query.detach().norm(dim=1).mean(),
                 "train/norm_object": key.norm(dim=1).mean(),
+                "train/hcl_alpha": self.hcl_head.alpha.detach(),
                 "train/loss_total": loss.detach(),
             },
             batch_size=batch_size,

@@ -11,8 +11,10 @@ Composes ``hcl_lightning/conf`` (also linked as ``conf/`` at the repository root
 
 Every run, and every job of a sweep, writes its logs and checkpoints into its own Hydra
 output directory and starts from scratch: a run resumes only from an explicit
-``ckpt_path=...``. :func:`train` is the whole run for a composed config, so tests and
-notebooks can call it without the command line.
+``ckpt_path=...``, or with ``ckpt_path=auto`` from a checkpoint in its *own* output
+directory (a requeued SLURM job; see ``examples/slurm/README.md``). :func:`train` is
+the whole run for a composed config, so tests and notebooks can call it without the
+command line.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hcl_lightning.checkpointing import resolve_ckpt_path
 from hcl_lightning.config import ConfigError, validate_config
 from hcl_lightning.data import make_synthetic_scenes
 
@@ -167,7 +170,22 @@ def _summary(
         "output_dir": str(output_dir),
         "log_dir": str(Path(log_dir).resolve()) if log_dir else None,
         "checkpoint": checkpoint,
+        **_hygiene(trainer),
     }
+
+
+def _hygiene(trainer: pl.Trainer) -> dict[str, Any]:
+    """``data_hygiene`` (skipped images, dropped boxes) and ``nonfinite_steps``, if watched."""
+    from hcl_lightning.data import DataHygieneMonitor
+    from hcl_lightning.guards import NonFiniteGuard
+
+    found: dict[str, Any] = {}
+    for callback in trainer.callbacks:
+        if isinstance(callback, DataHygieneMonitor):
+            found["data_hygiene"] = callback.summary
+        elif isinstance(callback, NonFiniteGuard):
+            found["nonfinite_steps"] = callback.total
+    return found
 
 
 def _print_summary(summary: dict[str, Any], lam: float) -> None:
@@ -192,6 +210,10 @@ def _print_summary(summary: dict[str, Any], lam: float) -> None:
             f"objects {summary['norm_object']:.4f} (scenes nearer the origin: "
             f"{'yes' if summary['norm_scene'] < summary['norm_object'] else 'no'})"
         )
+    if "data_hygiene" in summary:
+        lines.append(f"  data: {summary['data_hygiene']}")
+    if "nonfinite_steps" in summary:
+        lines.append(f"  non-finite steps skipped: {summary['nonfinite_steps']}")
     lines.append(f"output_dir={summary['output_dir']}")
     if summary["log_dir"]:
         lines.append(f"logs={summary['log_dir']}")
@@ -245,7 +267,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    # ckpt_path=auto: this run's own last/pre-emption checkpoint, if any (SLURM requeue)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     summary = _summary(trainer, history, time.perf_counter() - start, output_dir)
     if trainer.is_global_zero:
         _print_summary(summary, float(cfg.hcl.lam))

@@ -58,16 +58,21 @@ def test_coco_source_converts_filters_and_counts(tmp_path):
     assert source.stats == {
         "crowd": 1,
         "non_finite": 1,
-        "too_small": 2,
+        "empty": 1,
+        "outside": 1,
+        "too_small": 0,
         "unknown_image": 1,
         "unknown_category": 1,
+        "clipped": 1,
+        "duplicate_image": 0,
     }
+    assert source.dropped_boxes == 6
 
 
 def test_coco_min_box_size_drops_small_boxes(tmp_path):
     source = CocoBoxSource(tmp_path, write_coco(tmp_path / "ann.json"), min_box_size=8)
     np.testing.assert_allclose(source.records[0].boxes, [[10, 20, 40, 60], [90, 70, 100, 80]])
-    assert source.stats["too_small"] == 3
+    assert (source.stats["too_small"], source.stats["empty"], source.stats["outside"]) == (1, 1, 1)
 
 
 def test_coco_without_categories_derives_them_from_annotations(tmp_path):

@@ -15,7 +15,7 @@ from hcl_lightning.data import (
     SceneObjectSampler,
     make_synthetic_scenes,
 )
-from hcl_lightning.data.dataset import load_image
+from hcl_lightning.data.dataset import BAD_IMAGE_REASONS, load_image
 
 N_IMAGES = 24
 
@@ -33,7 +33,9 @@ def make_dataset(records, **kwargs):
 
 
 def check_batch(batch, batch_size, object_size, scene_size):
-    assert set(batch) == {"views", "scene", "object", "n_objects", "labels", "index"}
+    assert set(batch) == {"views", "scene", "object", "n_objects", "labels", "index", "skipped"}
+    assert batch["skipped"].shape == (batch_size, len(BAD_IMAGE_REASONS))
+    assert batch["skipped"].dtype == torch.int64
     assert isinstance(batch["views"], list) and len(batch["views"]) == 2
     for view in batch["views"]:
         assert view.shape == (batch_size, 3, object_size, object_size)

@@ -65,7 +65,8 @@ def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Completed
 def test_default_config_composes(tmp_path: Path) -> None:
     cfg = compose_config([])
     assert cfg.model._target_ == "hcl_lightning.baselines.HCLMoCoV2"
-    assert (cfg.model.backbone, cfg.model.small_input) == ("resnet18", True)  # preset=demo
+    assert (cfg.model.backbone, cfg.model.small_input) == ("resnet18", False)  # preset=demo
+    assert (cfg.model.queue_size, cfg.hcl.queue_size, cfg.trainer.max_steps) == (256, 256, 250)
     assert cfg.model.hcl_lambda == cfg.hcl.lam == 0.1
     assert (cfg.hcl.tau, cfg.hcl.c, cfg.hcl.head) == (0.2, 0.05, "shared")
     assert cfg.model.batch_size == cfg.data.batch_size

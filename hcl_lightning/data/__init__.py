@@ -10,11 +10,14 @@ from hcl_lightning.data.boxes import (
 )
 from hcl_lightning.data.crops import CropSpec, SceneObjectSampler
 from hcl_lightning.data.datamodule import HCLDataModule
-from hcl_lightning.data.dataset import HCLDataset
+from hcl_lightning.data.dataset import BAD_IMAGE_REASONS, HCLDataset, decode_image
+from hcl_lightning.data.hygiene import DataHygieneMonitor
 from hcl_lightning.data.synthetic import make_synthetic_scenes
 from hcl_lightning.data.transforms import HCLTransform
 
 __all__ = [
+    "BAD_IMAGE_REASONS",
+    "DataHygieneMonitor",
     "BoxSource",
     "CocoBoxSource",
     "CropSpec",
@@ -26,5 +29,6 @@ __all__ = [
     "RandomBoxSource",
     "SceneObjectSampler",
     "build_box_source",
+    "decode_image",
     "make_synthetic_scenes",
 ]

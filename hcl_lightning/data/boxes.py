@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -51,6 +52,49 @@ def sanitize_boxes(
     box_h = clipped[:, 3] - clipped[:, 1]
     keep = finite & (box_w > 0) & (box_h > 0) & (box_w >= min_size) & (box_h >= min_size)
     return clipped, keep
+
+
+#: Reasons an annotation box is dropped, as counted in ``CocoBoxSource.stats``.
+DROPPED_BOX_REASONS = (
+    "crowd",  # iscrowd=1
+    "non_finite",  # NaN or inf coordinate
+    "empty",  # width or height <= 0 as annotated
+    "outside",  # nothing of it inside the image
+    "too_small",  # narrower or lower than min_box_size after clipping
+    "unknown_image",  # image_id not among the images
+    "unknown_category",  # category_id not among the categories
+)
+#: All the counts of ``CocoBoxSource.stats``: the dropped boxes, ``clipped`` (kept,
+#: clipped to the image) and ``duplicate_image`` (image entries ignored).
+BOX_STATS = (*DROPPED_BOX_REASONS, "clipped", "duplicate_image")
+
+
+def classify_boxes(
+    boxes: np.ndarray, width: int, height: int, min_size: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """:func:`sanitize_boxes`, with the count of each reason a box is dropped or clipped.
+
+    Returns:
+        The clipped boxes, the mask of usable ones, and counts of ``non_finite``,
+        ``empty``, ``outside``, ``too_small`` (dropped) and ``clipped`` (kept).
+    """
+    raw = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    clipped, keep = sanitize_boxes(raw, width, height, min_size)
+    finite = np.isfinite(raw).all(axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        empty = finite & ((raw[:, 2] <= raw[:, 0]) | (raw[:, 3] <= raw[:, 1]))
+        left = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        outside = finite & ~empty & ~left
+        changed = finite & (clipped != raw).any(axis=1)
+    too_small = finite & ~empty & ~outside & ~keep
+    reasons = {
+        "non_finite": int((~finite).sum()),
+        "empty": int(empty.sum()),
+        "outside": int(outside.sum()),
+        "too_small": int(too_small.sum()),
+        "clipped": int((keep & changed).sum()),
+    }
+    return clipped, keep, reasons
 
 
 @dataclass(frozen=True)
@@ -121,7 +165,9 @@ class ImageRecord:
                 f"{self.path}: got {len(self.boxes)} boxes but {len(self.labels)} labels"
             )
 
-    def resolve(self, width: int, height: int) -> ImageRecord:
+    def resolve(
+        self, width: int, height: int, scale: tuple[float, float] = (1.0, 1.0)
+    ) -> ImageRecord:
         """Returns a copy for an image of the given (decoded) size.
 
         Random boxes are generated, and all boxes are clipped to the image; boxes left
@@ -130,6 +176,8 @@ class ImageRecord:
         Args:
             width: Width of the decoded image in pixels.
             height: Height of the decoded image in pixels.
+            scale: ``(sx, sy)`` of the decoded image relative to the image the boxes
+                refer to (below 1 when a huge image was decoded at reduced size).
 
         Returns:
             A record with known size and concrete boxes.
@@ -138,6 +186,8 @@ class ImageRecord:
         if self.random_boxes is not None:
             boxes = self.random_boxes.generate(width, height)
             labels = np.full(len(boxes), -1, dtype=np.int64)
+        elif tuple(scale) != (1.0, 1.0):
+            boxes = boxes * np.asarray([scale[0], scale[1], scale[0], scale[1]], np.float32)
         boxes, keep = sanitize_boxes(boxes, width, height)
         return replace(
             self,
@@ -186,11 +236,23 @@ def _require(entry: dict, key: str, path: Path, where: str) -> object:
     return entry[key]
 
 
+def _integer(entry: dict, key: str, path: Path, where: str) -> int:
+    value = _require(entry, key, path, where)
+    try:
+        if isinstance(value, bool) or float(value) != int(value):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{path}: {where} has a non-integer '{key}': {value!r}") from None
+
+
 def _bbox_xywh(ann: dict, path: Path) -> list[float]:
     bbox = _require(ann, "bbox", path, "an annotation")
+    if not isinstance(bbox, list | tuple):
+        raise ValueError(f"{path}: annotation {ann.get('id')} 'bbox' must be [x, y, w, h]")
     try:
         values = [math.nan if v is None else float(v) for v in bbox]
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ValueError(f"{path}: annotation {ann.get('id')} has a non-numeric 'bbox'") from err
     if len(values) != 4:
         raise ValueError(f"{path}: annotation {ann.get('id')} 'bbox' must be [x, y, w, h]")
@@ -200,11 +262,18 @@ def _bbox_xywh(ann: dict, path: Path) -> list[float]:
 class CocoBoxSource(BoxSource):
     """Boxes from a COCO instances annotation file.
 
-    COCO ``xywh`` boxes are converted to ``xyxy`` and clipped to the image. Crowd
-    annotations (``iscrowd=1``) are skipped, and so are degenerate boxes (non-finite, or
-    narrower or lower than ``min_box_size`` after clipping); the dropped boxes are
-    counted in :attr:`stats`. Category ids are mapped to contiguous ids ``0..C-1`` in
-    increasing order of the COCO id. Images without annotations are kept with 0 boxes.
+    COCO ``xywh`` boxes are converted to ``xyxy`` and clipped to the image (boxes partly
+    outside are kept, clipped, and counted as ``clipped``). Dropped, each counted in
+    :attr:`stats` by its reason (:data:`DROPPED_BOX_REASONS`): crowd annotations
+    (``iscrowd=1``), non-finite coordinates, zero or negative width/height, boxes wholly
+    outside the image, boxes narrower or lower than ``min_box_size`` after clipping,
+    and annotations of an unknown ``image_id`` or of a ``category_id`` missing from
+    ``categories``. Of duplicate image ids the first entry is kept (it gets all the
+    id's annotations), the others are counted as ``duplicate_image`` and listed in
+    :attr:`duplicate_image_ids`, with a warning. Category ids are mapped to contiguous
+    ids ``0..C-1`` in increasing order of the COCO id. Images without (usable)
+    annotations are kept with 0 boxes: the sampler falls back to a random object region
+    (see :class:`~hcl_lightning.data.SceneObjectSampler`).
 
     Args:
         image_dir: Folder holding the images named by ``file_name``.
@@ -213,7 +282,10 @@ class CocoBoxSource(BoxSource):
 
     Raises:
         FileNotFoundError: If ``ann_file`` does not exist.
-        ValueError: If ``ann_file`` is not JSON or lacks a required field.
+        ValueError: If ``ann_file`` is not JSON, is not a JSON object, lacks
+            ``images``/``annotations`` or a required field of an entry, or has a
+            malformed value (a non-integer id or size, a size below 1, a ``bbox`` that is
+            not 4 numbers); the message names the file and the entry.
 
     Examples:
         >>> source = CocoBoxSource("coco/train2017", "coco/instances_train2017.json")
@@ -230,63 +302,90 @@ class CocoBoxSource(BoxSource):
         images = _require(data, "images", ann_file, "the top level")
         annotations = _require(data, "annotations", ann_file, "the top level")
         categories = data.get("categories")
+        for key, value in (("images", images), ("annotations", annotations)):
+            if not isinstance(value, list):
+                raise ValueError(f"{ann_file}: '{key}' must be a list")
+        if categories is not None and not isinstance(categories, list):
+            raise ValueError(f"{ann_file}: 'categories' must be a list")
         if categories is None:
             category_ids = sorted(
-                {int(_require(a, "category_id", ann_file, "an annotation")) for a in annotations}
+                {_integer(a, "category_id", ann_file, "an annotation") for a in annotations}
             )
             names = {cid: str(cid) for cid in category_ids}
         else:
-            names = {
-                int(_require(c, "id", ann_file, "a category")): str(c.get("name", c["id"]))
-                for c in categories
-            }
+            names = {}
+            for c in categories:
+                cid = _integer(c, "id", ann_file, "a category")
+                names.setdefault(cid, str(c.get("name", cid)))
         self.category_ids = sorted(names)
         self.class_names = [names[cid] for cid in self.category_ids]
         contiguous = {cid: i for i, cid in enumerate(self.category_ids)}
-        self.stats = dict.fromkeys(
-            ("crowd", "non_finite", "too_small", "unknown_image", "unknown_category"), 0
-        )
+        self.stats = dict.fromkeys(BOX_STATS, 0)
+        self.duplicate_image_ids: list[int] = []
 
-        boxes_of: dict[int, list[list[float]]] = {}
-        labels_of: dict[int, list[int]] = {}
+        entries: dict[int, dict] = {}  # image id -> its first entry
         for image in images:
-            image_id = int(_require(image, "id", ann_file, "an image"))
-            boxes_of[image_id], labels_of[image_id] = [], []
+            image_id = _integer(image, "id", ann_file, "an image")
+            where = f"image {image_id}"
+            file_name = _require(image, "file_name", ann_file, where)
+            width = _integer(image, "width", ann_file, where)
+            height = _integer(image, "height", ann_file, where)
+            if width < 1 or height < 1:
+                raise ValueError(f"{ann_file}: {where} has size {width}x{height}; must be >= 1")
+            if image_id in entries:
+                self.stats["duplicate_image"] += 1
+                self.duplicate_image_ids.append(image_id)
+                continue
+            entries[image_id] = {
+                "file_name": str(file_name),
+                "width": width,
+                "height": height,
+                "boxes": [],
+                "labels": [],
+            }
+        if self.duplicate_image_ids:
+            warnings.warn(
+                f"{ann_file}: {len(self.duplicate_image_ids)} duplicate image ids (first: "
+                f"{self.duplicate_image_ids[:5]}); the first entry of each id is kept and "
+                "gets all its annotations",
+                stacklevel=2,
+            )
         for ann in annotations:
-            image_id = int(_require(ann, "image_id", ann_file, "an annotation"))
+            image_id = _integer(ann, "image_id", ann_file, "an annotation")
             x, y, w, h = _bbox_xywh(ann, ann_file)
-            category = int(_require(ann, "category_id", ann_file, "an annotation"))
+            category = _integer(ann, "category_id", ann_file, "an annotation")
             if ann.get("iscrowd", 0):
                 self.stats["crowd"] += 1
-            elif image_id not in boxes_of:
+            elif image_id not in entries:
                 self.stats["unknown_image"] += 1
             elif category not in contiguous:
                 self.stats["unknown_category"] += 1
             else:
-                boxes_of[image_id].append([x, y, x + w, y + h])
-                labels_of[image_id].append(contiguous[category])
+                entries[image_id]["boxes"].append([x, y, x + w, y + h])
+                entries[image_id]["labels"].append(contiguous[category])
 
         self.records = []
-        for image in images:
-            image_id = int(image["id"])
-            width = int(_require(image, "width", ann_file, "an image"))
-            height = int(_require(image, "height", ann_file, "an image"))
-            file_name = _require(image, "file_name", ann_file, "an image")
-            raw = np.asarray(boxes_of[image_id], dtype=np.float32).reshape(-1, 4)
-            boxes, keep = sanitize_boxes(raw, width, height, min_box_size)
-            finite = np.isfinite(raw).all(axis=1)
-            self.stats["non_finite"] += int((~finite).sum())
-            self.stats["too_small"] += int((finite & ~keep).sum())
+        for image_id, entry in entries.items():
+            width, height = entry["width"], entry["height"]
+            raw = np.asarray(entry["boxes"], dtype=np.float32).reshape(-1, 4)
+            boxes, keep, reasons = classify_boxes(raw, width, height, min_box_size)
+            for reason, count in reasons.items():
+                self.stats[reason] += count
             self.records.append(
                 ImageRecord(
-                    path=image_dir / file_name,
+                    path=image_dir / entry["file_name"],
                     width=width,
                     height=height,
                     boxes=boxes[keep],
-                    labels=np.asarray(labels_of[image_id], np.int64)[keep],
+                    labels=np.asarray(entry["labels"], np.int64)[keep],
                     image_id=image_id,
                 )
             )
+
+    @property
+    def dropped_boxes(self) -> int:
+        """Number of annotations dropped, all reasons (``clipped`` boxes are kept)."""
+        return sum(v for k, v in self.stats.items() if k in DROPPED_BOX_REASONS)
 
 
 def _read_entries(path: Path) -> list:

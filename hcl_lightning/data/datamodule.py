@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from hcl_lightning.data.boxes import BoxSource, build_box_source
 from hcl_lightning.data.crops import SceneObjectSampler
-from hcl_lightning.data.dataset import HCLDataset
+from hcl_lightning.data.dataset import DEFAULT_MAX_IMAGE_PIXELS, HCLDataset
 from hcl_lightning.data.transforms import HCLTransform
 
 
@@ -54,7 +54,10 @@ class HCLDataModule(pl.LightningDataModule):
         scene_extra_boxes: Range of the number of other boxes in a scene.
         scene_fallback_scale: Range of scene/object side ratio when no other box exists.
         boxes_per_image: Range of the number of random boxes (random-box source only).
-        max_bad_fraction: Largest tolerated fraction of unreadable images.
+        max_bad_fraction: Largest tolerated fraction of bad images (see
+            :class:`~hcl_lightning.data.HCLDataset`); more fails fast.
+        max_image_pixels: Pixel budget of a decoded image: larger JPEGs are decoded at
+            reduced scale, other larger images skipped (None: no guard).
         seed: Seed of the random boxes (random-box source only).
 
     Raises:
@@ -85,6 +88,7 @@ class HCLDataModule(pl.LightningDataModule):
         scene_fallback_scale: tuple[float, float] = (1.5, 3.0),
         boxes_per_image: tuple[int, int] = (2, 6),
         max_bad_fraction: float = 0.1,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -104,6 +108,8 @@ class HCLDataModule(pl.LightningDataModule):
             _check_at_least(name, value, low)
         if not 0.0 <= max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        if max_image_pixels is not None:
+            _check_at_least("max_image_pixels", max_image_pixels, 1)
         self.save_hyperparameters()
         # Paths as strings: checkpoints must load with torch.load(weights_only=True).
         for key in ("image_dir", "ann_file", "proposals"):
@@ -157,6 +163,7 @@ class HCLDataModule(pl.LightningDataModule):
             self.sampler,
             self.transform,
             max_bad_fraction=self.hparams.max_bad_fraction,
+            max_image_pixels=self.hparams.max_image_pixels,
         )
         if len(dataset) < self.batch_size:
             raise ValueError(

@@ -1,0 +1,148 @@
+"""Checkpoints that resume exactly: atomic writes, RNG states, a run's own last checkpoint.
+
+- :class:`AtomicCheckpointIO`: writes ``<name>.tmp-<pid>`` next to the target, fsyncs it
+  and ``os.replace``\\ s it over the target, so a kill during a write leaves the previous
+  ``last.ckpt`` intact. (Lightning 2.6's ``_atomic_save`` writes a local checkpoint to
+  ``tempfile.mkstemp()`` in the system temp directory and ``shutil.move``\\ s it: when
+  that directory is on another file system than the run, the usual case on clusters
+  with a node-local ``/tmp``, the move is a copy that rewrites the target in place, and a
+  large checkpoint can fill ``/tmp``.) Other file systems (``s3://``, ...) keep
+  Lightning's writer.
+- :class:`RNGStateCheckpoint`: puts the torch, numpy and Python RNG states (and CUDA's
+  when available) into the checkpoint and restores them on resume, so that shuffling
+  and augmentations continue as in an uninterrupted run when resuming from a checkpoint
+  written at the end of an epoch. A checkpoint written mid-epoch resumes at the right
+  step, but the data loader restarts its epoch from the beginning (Lightning restores
+  data-loader positions only for stateful loaders): such a resume is approximate.
+  Under DDP the states of rank 0 (which writes the checkpoint) are restored on every
+  rank.
+- :func:`resolve_ckpt_path`: ``ckpt_path=auto`` resumes from the run's *own* output
+  directory only (a SLURM pre-emption checkpoint ``hpc_ckpt_<n>.ckpt`` there, else
+  ``checkpoints/last.ckpt``), and starts from scratch when there is none; sweep jobs,
+  each with its own directory, never resume each other's checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities import rank_zero_info
+
+__all__ = ["AUTO", "AtomicCheckpointIO", "RNGStateCheckpoint", "resolve_ckpt_path"]
+
+#: ``ckpt_path`` value that resumes from the run's own directory, if anything is there.
+AUTO = "auto"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local writes are atomic (temp file + ``os.replace``).
+
+    Example:
+        >>> trainer = pl.Trainer(plugins=[AtomicCheckpointIO()], ...)
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
+        fs, urlpath = url_to_fs(str(path))
+        if storage_options is not None or not isinstance(fs, LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(urlpath)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            with open(temp, "wb") as handle:
+                self._write(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync_directory(target.parent)
+
+    def _write(self, checkpoint: dict[str, Any], handle) -> None:
+        """Serialises ``checkpoint`` into the open temp file (a seam for tests)."""
+        torch.save(checkpoint, handle)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not supported (e.g. Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class RNGStateCheckpoint(pl.Callback):
+    """Saves the RNG states in every checkpoint and restores them on resume.
+
+    Restored as soon as the checkpoint is loaded, before the data loader of the
+    resumed epoch draws its shuffling seed.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        if "numpy" in states:  # its array as a tensor: loadable with weights_only=True
+            kind, keys, pos, has_gauss, gauss = states["numpy"]
+            states["numpy"] = (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss)
+        return {"rng_states": states}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = dict(state_dict.get("rng_states", {}))
+        if "torch.cuda" in states and not torch.cuda.is_available():
+            states.pop("torch.cuda")
+        if "numpy" in states:
+            kind, keys, pos, has_gauss, gauss = states["numpy"]
+            states["numpy"] = (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
+        if states:
+            _set_rng_states(states)
+
+
+def _hpc_checkpoint(directory: Path) -> Path | None:
+    found = []
+    for path in directory.glob("hpc_ckpt_*.ckpt"):
+        match = re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | os.PathLike) -> str | None:
+    """The checkpoint ``trainer.fit`` resumes from for a run writing into ``output_dir``.
+
+    ``"auto"`` becomes the newest of ``output_dir/hpc_ckpt_<n>.ckpt`` (Lightning's SLURM
+    pre-emption checkpoint) and ``output_dir/checkpoints/last.ckpt``, or ``None`` (a
+    fresh run) when neither exists. Nothing outside ``output_dir`` is ever considered.
+    Any other value is returned unchanged.
+    """
+    if ckpt_path != AUTO:
+        return ckpt_path
+    directory = Path(output_dir)
+    candidates = [
+        path
+        for path in (_hpc_checkpoint(directory), directory / "checkpoints" / "last.ckpt")
+        if path is not None and path.is_file()
+    ]
+    if not candidates:
+        rank_zero_info(f"hcl: ckpt_path=auto: no checkpoint in {directory}, starting fresh")
+        return None
+    chosen = max(candidates, key=lambda path: path.stat().st_mtime)
+    rank_zero_info(f"hcl: ckpt_path=auto: resuming from {chosen}")
+    return str(chosen.resolve())
