@@ -399,7 +399,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for run_part in timed_parts.values():  # warm-up
                 run_part()
         for repeat in range(args.breakdown_repeats):
-            names = list(timed_parts) if (round_index + repeat) % 2 == 0 else list(timed_parts)[::-1]
+            names = (
+                list(timed_parts) if (round_index + repeat) % 2 == 0 else list(timed_parts)[::-1]
+            )
             for name in names:
                 parts[name].append(timed_parts[name]())
     data_time, image_dir = measure_data(args)

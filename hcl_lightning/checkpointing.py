@@ -20,6 +20,10 @@
   directory only (a SLURM pre-emption checkpoint ``hpc_ckpt_<n>.ckpt`` there, else
   ``checkpoints/last.ckpt``), and starts from scratch when there is none; sweep jobs,
   each with its own directory, never resume each other's checkpoints.
+- :func:`resume_epoch_end_checkpoints_at_next_epoch`: makes a run with ``max_steps``
+  set resume an end-of-epoch checkpoint at the start of the next epoch, as a run
+  without ``max_steps`` does (works around Lightning 2.x's loop-restart logic, see
+  :class:`EpochEndResumeFitLoop`).
 """
 
 from __future__ import annotations
@@ -35,10 +39,19 @@ import torch
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from pytorch_lightning.loops.fit_loop import _FitLoop
+from pytorch_lightning.loops.loop import _Loop
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-__all__ = ["AUTO", "AtomicCheckpointIO", "RNGStateCheckpoint", "resolve_ckpt_path"]
+__all__ = [
+    "AUTO",
+    "AtomicCheckpointIO",
+    "EpochEndResumeFitLoop",
+    "RNGStateCheckpoint",
+    "resolve_ckpt_path",
+    "resume_epoch_end_checkpoints_at_next_epoch",
+]
 
 #: ``ckpt_path`` value that resumes from the run's own directory, if anything is there.
 AUTO = "auto"
@@ -146,3 +159,66 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | os.PathLike) -> s
     chosen = max(candidates, key=lambda path: path.stat().st_mtime)
     rank_zero_info(f"hcl: ckpt_path=auto: resuming from {chosen}")
     return str(chosen.resolve())
+
+
+class EpochEndResumeFitLoop(_FitLoop):
+    """Lightning's fit loop, but an end-of-epoch checkpoint resumes at the next epoch.
+
+    Lightning 2.x (``_FitLoop.restarting``, since Lightning PR #12821) marks the loop as
+    *restarting* after loading a checkpoint whenever ``max_steps != -1`` ("iteration-based
+    training"), even when the checkpoint's epoch had finished: ``ModelCheckpoint``
+    writes ``last.ckpt`` in ``on_train_epoch_end`` (epoch progress
+    ``ready == started == processed == completed + 1``, every batch of the epoch done).
+    Such a checkpoint is then restored as ``RESTARTED_ON_EPOCH_END`` instead of
+    ``RESUMED_ON_EPOCH_END``: ``on_train_epoch_start`` is skipped, the training-epoch loop
+    keeps the finished epoch's batch counter and, having no validation run to wait for,
+    runs one extra batch (``batch_idx == num_training_batches``) in the *old* epoch,
+    which then ends; a 2-epoch run killed in its 2nd epoch thus ends after
+    ``num_training_batches + 1`` steps. Without ``max_steps`` the same checkpoint
+    resumes correctly.
+
+    This loop drops the forced restart in exactly that case (the loaded epoch finished
+    with its last batch), so the checkpoint resumes as Lightning resumes it without
+    ``max_steps``: at the start of the next epoch. Any other checkpoint (mid-epoch,
+    after validation, on a ``max_steps`` stop mid-epoch, ...) is restored as Lightning
+    restores it. Install it with :func:`resume_epoch_end_checkpoints_at_next_epoch`.
+    """
+
+    def _loaded_epoch_finished(self) -> bool:
+        """The loaded state is past the last batch of its epoch (end-of-epoch checkpoint)."""
+        current = self.epoch_progress.current
+        return (
+            current.processed > 0
+            and current.ready == current.started == current.processed
+            and bool(self.epoch_loop.batch_progress.is_last_batch)
+        )
+
+    @_Loop.restarting.setter
+    def restarting(self, restarting: bool) -> None:
+        if restarting and self._iteration_based_training() and self._loaded_epoch_finished():
+            _Loop.restarting.fset(self, False)  # resume at the next epoch, as without max_steps
+            return
+        _FitLoop.restarting.fset(self, restarting)
+
+
+def resume_epoch_end_checkpoints_at_next_epoch(trainer: pl.Trainer) -> pl.Trainer:
+    """Installs :class:`EpochEndResumeFitLoop` as ``trainer.fit_loop`` (before ``fit``).
+
+    Keeps the trainer's training-epoch loop (``max_steps``, ``min_steps``) and
+    ``min_epochs``/``max_epochs``. A trainer whose fit loop is already customised is left
+    as it is, with a warning. Returns ``trainer``.
+    """
+    loop = trainer.fit_loop
+    if isinstance(loop, EpochEndResumeFitLoop):
+        return trainer
+    if type(loop) is not _FitLoop:
+        rank_zero_warn(
+            f"hcl: trainer.fit_loop is a {type(loop).__name__}, not Lightning's _FitLoop: "
+            "left as it is; with max_steps set, an end-of-epoch checkpoint may resume "
+            "inside its finished epoch"
+        )
+        return trainer
+    fixed = EpochEndResumeFitLoop(trainer, min_epochs=loop.min_epochs, max_epochs=loop.max_epochs)
+    fixed.epoch_loop = loop.epoch_loop
+    trainer.fit_loop = fixed
+    return trainer

@@ -130,6 +130,13 @@ def backbone_state_dict(
     return out
 
 
+def _output_file(path: str | Path) -> Path:
+    """``path`` as a :class:`~pathlib.Path` whose parent folder exists (created if missing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def export_torchvision(
     model_or_checkpoint: nn.Module | Mapping[str, Tensor] | str | Path,
     path: str | Path,
@@ -144,9 +151,7 @@ def export_torchvision(
         The saved ``state_dict``.
     """
     state = backbone_state_dict(model_or_checkpoint, encoder=encoder)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    torch.save(state, _output_file(path))
     return state
 
 
@@ -186,8 +191,6 @@ def export_detectron2(
         if not key.endswith("num_batches_tracked")
     }
     obj = {"model": model, "__author__": "hcl_lightning", "matching_heuristics": True}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
+    with _output_file(path).open("wb") as f:
         pickle.dump(obj, f)
     return obj

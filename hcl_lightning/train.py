@@ -12,7 +12,9 @@ Composes ``hcl_lightning/conf`` (also linked as ``conf/`` at the repository root
 Every run, and every job of a sweep, writes its logs and checkpoints into its own Hydra
 output directory and starts from scratch: a run resumes only from an explicit
 ``ckpt_path=...``, or with ``ckpt_path=auto`` from a checkpoint in its *own* output
-directory (a requeued SLURM job; see ``examples/slurm/README.md``). :func:`train` is
+directory (a requeued SLURM job; see ``examples/slurm/README.md``). A resumed run keeps
+the CSV log of the attempts before it (``csv/metrics.csv``) and logs into
+``csv/resume_<n>/``. :func:`train` is
 the whole run for a composed config, so tests and notebooks can call it without the
 command line.
 """
@@ -31,7 +33,10 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hcl_lightning.checkpointing import resolve_ckpt_path
+from hcl_lightning.checkpointing import (
+    resolve_ckpt_path,
+    resume_epoch_end_checkpoints_at_next_epoch,
+)
 from hcl_lightning.config import ConfigError, validate_config
 from hcl_lightning.data import make_synthetic_scenes
 
@@ -135,6 +140,37 @@ def _instantiate_dict(node: DictConfig | None) -> list[Any]:
     ]
 
 
+def _csv_logs_per_attempt(cfg: DictConfig) -> None:
+    """Gives each CSV logger of a resumed run a fresh ``resume_<n>`` version folder.
+
+    Lightning's ``CSVLogger`` deletes the ``metrics.csv`` it finds in its log directory,
+    so a run resumed into its own output directory would erase the log of the attempts
+    before it. When the logger's directory ``save_dir/name/version`` already holds
+    files, the resumed attempt logs into ``save_dir/name/version/resume_<n>`` instead
+    (``n`` = 1, 2, ...: the first free one), e.g. ``csv/metrics.csv`` (steps of the
+    first attempt) and ``csv/resume_1/metrics.csv`` (those of the resumed one).
+    Computed before training starts, so every DDP rank chooses the same folder.
+    """
+    for node in (cfg.get("logger") or {}).values():
+        if not isinstance(node, DictConfig) or not str(node.get("_target_", "")).endswith(
+            ".CSVLogger"
+        ):
+            continue
+        version = node.get("version")
+        if version is None:  # Lightning numbers the versions itself (version_<n>)
+            continue
+        version = str(version) if not isinstance(version, int) else f"version_{version}"
+        name = node.name if "name" in node else "lightning_logs"  # CSVLogger's default
+        log_dir = Path(str(node.save_dir)).expanduser() / str(name or "") / version
+        if not log_dir.is_dir() or not any(log_dir.iterdir()):
+            continue
+        attempt = 1
+        while (log_dir / f"resume_{attempt}").exists():
+            attempt += 1
+        with open_dict(node):
+            node.version = str(Path(version) / f"resume_{attempt}")
+
+
 def _output_dir(cfg: DictConfig) -> Path:
     try:
         value = cfg.output_dir
@@ -207,8 +243,8 @@ def _print_summary(summary: dict[str, Any], lam: float) -> None:
     if "norm_scene" in summary and "norm_object" in summary:
         lines.append(
             f"  mean norm in the ball: scenes {summary['norm_scene']:.4f}, "
-            f"objects {summary['norm_object']:.4f} (scenes nearer the origin: "
-            f"{'yes' if summary['norm_scene'] < summary['norm_object'] else 'no'})"
+            f"objects {summary['norm_object']:.4f} (scenes farther out than objects, as "
+            f"HCL intends: {'yes' if summary['norm_scene'] > summary['norm_object'] else 'no'})"
         )
     if "data_hygiene" in summary:
         lines.append(f"  data: {summary['data_hygiene']}")
@@ -254,10 +290,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     history = _MetricHistory()
     callbacks = [*_instantiate_dict(cfg.get("callbacks")), history]
+    # ckpt_path=auto: this run's own last/pre-emption checkpoint, if any (SLURM requeue)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+    if ckpt_path is not None:
+        _csv_logs_per_attempt(cfg)
     loggers = _instantiate_dict(cfg.get("logger")) or False
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, _convert_="all"
     )
+    # with max_steps set, Lightning would resume last.ckpt inside its finished epoch
+    resume_epoch_end_checkpoints_at_next_epoch(trainer)
     if trainer.is_global_zero:
         print(
             f"hcl-train: {type(model).__name__}({cfg.model.backbone}) on {cfg.data.image_dir}, "
@@ -267,8 +309,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
 
     start = time.perf_counter()
-    # ckpt_path=auto: this run's own last/pre-emption checkpoint, if any (SLURM requeue)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     summary = _summary(trainer, history, time.perf_counter() - start, output_dir)
     if trainer.is_global_zero:

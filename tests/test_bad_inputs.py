@@ -32,6 +32,7 @@ from hcl_lightning.data import (
 from hcl_lightning.data.boxes import DROPPED_BOX_REASONS
 from hcl_lightning.data.dataset import TRANSPARENT_BACKGROUND, BadImageError, bad_image_reason
 from hcl_lightning.data.hygiene import format_skip_summary
+from tests.tiny_fit import quiet_trainer
 
 SIZE = 16  # crop side of the datasets here
 
@@ -260,15 +261,7 @@ def test_monitor_logs_per_epoch_and_summarises_the_run(tmp_path, caplog):
         max_bad_fraction=0.5,
     )
     monitor = DataHygieneMonitor()
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[monitor],
-    )
+    trainer = quiet_trainer(max_epochs=2, callbacks=[monitor])
     pl.seed_everything(0, verbose=False)
     trainer.fit(MeanModel(), datamodule=datamodule)
 

@@ -12,23 +12,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hcl_lightning.baselines import DenseCL, HCLDenseCL
+from tests.conftest import info_nce
 from tests.test_mixin import SceneBatches, ViewsOnly, fit
+from tests.tiny_fit import quiet_trainer, seeded_model, tiny_kwargs
 
 B = 4
 SIZE = 24  # small-input stem: 24 px -> 3 x 3 grid of layer4 cells
-TINY = dict(
-    backbone="resnet18",
-    small_input=True,
-    proj_hidden_dim=32,
-    out_dim=16,
-    queue_size=32,
-    batch_size=B,
-)
+TINY = tiny_kwargs(small_input=True, queue_size=32, batch_size=B)
 
 
 def tiny_model(**kwargs) -> DenseCL:
-    torch.manual_seed(0)
-    return DenseCL(**{**TINY, **kwargs})
+    return seeded_model(DenseCL, TINY, **kwargs)
 
 
 def loader(n: int = 2 * B) -> DataLoader:
@@ -41,15 +35,7 @@ def loader(n: int = 2 * B) -> DataLoader:
 
 
 def trainer(steps: int, callbacks=()) -> pl.Trainer:
-    return pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
+    return quiet_trainer(max_steps=steps, callbacks=list(callbacks))
 
 
 def banks(model: DenseCL):
@@ -116,12 +102,6 @@ def brute_force_match(q_grid, k_grid):
             sims = [F.cosine_similarity(q_grid[i, a], k_grid[i, c], dim=0) for c in range(n)]
             index[i, a] = int(torch.stack(sims).argmax())
     return index
-
-
-def info_nce(q, k, bank, tau):
-    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
-    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ bank.T], dim=1) / tau
-    return -torch.log_softmax(logits, dim=1)[:, 0].mean()
 
 
 def hand_step0(step):

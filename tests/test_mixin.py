@@ -16,15 +16,9 @@ from torch.utils.data import DataLoader, Dataset
 from examples.custom_module import HCLSimCLR, SimCLR
 from hcl_lightning import HCLMixin
 from hcl_lightning.baselines import HCLMoCoV2, MoCoV2
+from tests.tiny_fit import quiet_trainer, seeded_model, tiny_kwargs
 
-TINY_MOCO = {
-    "backbone": "resnet18",
-    "small_input": False,
-    "proj_hidden_dim": 32,
-    "out_dim": 16,
-    "queue_size": 32,
-    "batch_size": 8,
-}
+TINY_MOCO = tiny_kwargs(queue_size=32, batch_size=8)
 
 
 class SceneBatches(Dataset):
@@ -77,15 +71,7 @@ class Capture(pl.Callback):
 
 def fit(model: pl.LightningModule, dataset: Dataset, steps: int, batch_size: int = 8) -> Capture:
     capture = Capture()
-    trainer = pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[capture],
-    )
+    trainer = quiet_trainer(max_steps=steps, callbacks=[capture])
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=True)
     torch.manual_seed(123)
     trainer.fit(model, train_dataloaders=loader)
@@ -93,8 +79,7 @@ def fit(model: pl.LightningModule, dataset: Dataset, steps: int, batch_size: int
 
 
 def build(cls, **kwargs):
-    torch.manual_seed(0)
-    return cls(**TINY_MOCO, **kwargs)
+    return seeded_model(cls, TINY_MOCO, **kwargs)
 
 
 def test_lambda_zero_reproduces_the_baseline_exactly() -> None:

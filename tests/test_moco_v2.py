@@ -11,17 +11,12 @@ from torch.utils.data import DataLoader
 
 from hcl_lightning.baselines import MoCoV2
 from hcl_lightning.baselines.base import scale_lr
+from tests.conftest import info_nce
+from tests.tiny_fit import quiet_trainer, tiny_kwargs
 
 B = 4  # batch size
 STEPS = 3
-TINY = dict(
-    backbone="resnet18",
-    small_input=True,
-    proj_hidden_dim=32,
-    out_dim=16,
-    queue_size=32,
-    batch_size=B,
-)
+TINY = tiny_kwargs(small_input=True, queue_size=32, batch_size=B)
 
 
 def tiny_model(**kwargs) -> MoCoV2:
@@ -42,15 +37,7 @@ def tiny_loader(n: int = B * STEPS, seed: int = 0) -> DataLoader:
 
 
 def tiny_trainer(**kwargs) -> pl.Trainer:
-    defaults = dict(
-        max_steps=STEPS,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(**{"max_steps": STEPS, **kwargs})
 
 
 def params(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -128,12 +115,6 @@ def run():
     trainer = tiny_trainer(callbacks=[recorder])
     trainer.fit(model, train_dataloaders=tiny_loader())
     return model, trainer, recorder.steps
-
-
-def info_nce(q, k, bank, tau):
-    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
-    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ bank.T], dim=1) / tau
-    return -torch.log_softmax(logits, dim=1)[:, 0].mean()
 
 
 def hand_qk(step):

@@ -13,22 +13,14 @@ from lightly.loss import NegativeCosineSimilarity
 from hcl_lightning.baselines import HCLORL, ORL
 from hcl_lightning.baselines.orl import select_inter_pairs
 from tests.test_mixin import SceneBatches, fit
+from tests.tiny_fit import seeded_model, tiny_kwargs
 
 B = 8
-TINY = dict(
-    backbone="resnet18",
-    small_input=False,
-    proj_hidden_dim=32,
-    out_dim=16,
-    pred_hidden_dim=32,
-    batch_size=B,
-    warmup_epochs=0,
-)
+TINY = tiny_kwargs(pred_hidden_dim=32, batch_size=B, warmup_epochs=0)
 
 
 def tiny_model(cls=ORL, **kwargs):
-    torch.manual_seed(0)
-    return cls(**{**TINY, **kwargs})
+    return seeded_model(cls, TINY, **kwargs)
 
 
 def dict_batch(with_image_views: bool = True) -> dict:

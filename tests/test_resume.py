@@ -24,8 +24,10 @@ from torch.utils.data import DataLoader
 from hcl_lightning.baselines import HCLMoCoV2
 from hcl_lightning.checkpointing import (
     AtomicCheckpointIO,
+    EpochEndResumeFitLoop,
     RNGStateCheckpoint,
     resolve_ckpt_path,
+    resume_epoch_end_checkpoints_at_next_epoch,
 )
 from tests.test_mixin import TINY_MOCO, SceneBatches
 from tests.test_train_cli import compose_config, tiny_overrides
@@ -133,6 +135,64 @@ def test_killed_run_resumes_exactly(tmp_path: Path, uninterrupted: Losses) -> No
         assert loss == pytest.approx(uninterrupted.values[step], rel=1e-6, abs=1e-7), step
 
 
+class Steps(pl.Callback):
+    """(epoch, batch_idx, global_step) of every batch, and the epochs started."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int, int]] = []
+        self.epochs_started: list[int] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epochs_started.append(trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches.append((trainer.current_epoch, batch_idx, trainer.global_step))
+
+
+def _resume_steps(root: Path, *, fix_loop: bool) -> Steps:
+    """A tiny 2-epoch run with max_steps, killed in epoch 2, resumed from last.ckpt."""
+
+    def run(callbacks, ckpt_path=None) -> None:
+        pl.seed_everything(0)
+        model = HCLMoCoV2(**{**TINY_MOCO, "queue_size": 16, "batch_size": BATCH}, hcl_queue_size=16)
+        trainer = pl.Trainer(
+            max_epochs=EPOCHS,
+            max_steps=100,
+            accelerator="cpu",
+            logger=False,
+            callbacks=[ModelCheckpoint(dirpath=root, save_last=True), *callbacks],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        if fix_loop:
+            resume_epoch_end_checkpoints_at_next_epoch(trainer)
+            assert isinstance(trainer.fit_loop, EpochEndResumeFitLoop)
+            assert trainer.fit_loop.max_steps == 100 and trainer.fit_loop.max_epochs == EPOCHS
+        loader = DataLoader(SceneBatches(n=N), batch_size=BATCH, drop_last=True)
+        trainer.fit(model, train_dataloaders=loader, ckpt_path=ckpt_path)
+
+    with pytest.raises(Killed):
+        run([KillAfter(KILL_AFTER)])
+    steps = Steps()
+    run([steps], ckpt_path=str(root / "last.ckpt"))
+    return steps
+
+
+def test_epoch_end_resume_fit_loop_restarts_at_the_next_epoch(tmp_path: Path) -> None:
+    steps = _resume_steps(tmp_path, fix_loop=True)
+    assert steps.epochs_started == [1]
+    assert steps.batches == [(1, 0, 5), (1, 1, 6), (1, 2, 7), (1, 3, 8)]
+
+
+def test_lightning_alone_resumes_inside_the_finished_epoch(tmp_path: Path) -> None:
+    """Control, documenting the Lightning behaviour that EpochEndResumeFitLoop works
+    around. If this fails after a Lightning upgrade, Lightning resumes such checkpoints
+    correctly by itself and the workaround can go."""
+    steps = _resume_steps(tmp_path, fix_loop=False)
+    assert steps.epochs_started == []  # on_train_epoch_start never fires
+    assert steps.batches == [(0, 4, 5)]  # one extra batch in the finished epoch 1
+
+
 def test_without_rng_states_the_resumed_epoch_differs(tmp_path: Path, uninterrupted) -> None:
     """Control: the RNG callback is what makes the shuffling/augmentation continue."""
     with pytest.raises(Killed):
@@ -195,13 +255,37 @@ def test_auto_resumes_only_from_the_runs_own_directory(tmp_path: Path) -> None:
     assert resolve_ckpt_path("some.ckpt", run) == "some.ckpt"
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open: the resumed hcl-train run restarts *inside* epoch 1 (batch_idx 4, one "
-    "step, ends at global_step 5) although its last.ckpt has the same loop state as the "
-    "Python-level test above, which resumes correctly at epoch 2; under investigation",
-    strict=False,
-)
+def test_resumed_run_logs_csv_into_a_new_attempt_folder(tmp_path: Path) -> None:
+    """Lightning's CSVLogger deletes the metrics.csv in its directory: a resumed run
+    gets csv/resume_<n>/ (the first free n) when csv/ already holds a log."""
+    from hcl_lightning.train import _csv_logs_per_attempt
+
+    def version(output_dir: Path, extra=()) -> str | None:
+        cfg = compose_config([f"output_dir={output_dir}", *extra])
+        _csv_logs_per_attempt(cfg)
+        return cfg.logger.csv.version
+
+    run = tmp_path / "run"
+    assert version(run) == ""  # nothing logged yet: csv/ as for a fresh run
+    (run / "csv").mkdir(parents=True)
+    assert version(run) == ""  # an empty csv/ is reused
+    (run / "csv" / "metrics.csv").write_text("step\n1\n")
+    assert version(run) == "resume_1"
+    (run / "csv" / "resume_1").mkdir()
+    assert version(run) == "resume_2"
+    (run / "csv" / "v2").mkdir()
+    (run / "csv" / "v2" / "metrics.csv").write_text("step\n1\n")
+    assert version(run, ["logger.csv.version=v2"]) == "v2/resume_1"
+    assert version(run, ["logger.csv.version=null"]) is None  # Lightning's version_<n>
+
+
+def _csv_steps(path: Path) -> list[int]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return sorted({int(row["step"]) for row in csv.DictReader(handle) if row.get("step")})
+
+
 def test_cli_resume_with_ckpt_path_auto(tmp_path: Path, monkeypatch) -> None:
     """hcl-train killed after step 5 and rerun in the same directory ends like a full run."""
     from hcl_lightning.train import prepare_synthetic_data, train
@@ -221,7 +305,16 @@ def test_cli_resume_with_ckpt_path_auto(tmp_path: Path, monkeypatch) -> None:
     ]
     with pytest.raises(Killed):
         train(compose_config([*run, *kill]))
+    first_log = tmp_path / "run" / "csv" / "metrics.csv"
+    first_steps = _csv_steps(first_log)
+    assert first_steps[:4] == [0, 1, 2, 3]  # epoch 1 (logged steps are global_step - 1)
     resumed = train(compose_config(run))
     assert resumed["global_step"] == full["global_step"] == 8
+    assert resumed["epochs"] == full["epochs"] == 2
     for key in ("loss_euc", "loss_hyp", "loss_total"):
         assert math.isclose(resumed[key], full[key], rel_tol=1e-5), key
+    # the killed attempt's log is kept; the resumed attempt logs next to it
+    assert _csv_steps(first_log) == first_steps
+    assert Path(resumed["log_dir"]) == (tmp_path / "run" / "csv" / "resume_1").resolve()
+    resumed_steps = _csv_steps(Path(resumed["log_dir"]) / "metrics.csv")
+    assert resumed_steps[0] >= 4 and resumed_steps[-1] == 7  # epoch 2 only

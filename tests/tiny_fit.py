@@ -1,4 +1,5 @@
-"""One tiny HCL fit shared by test_callbacks, test_export and test_analysis.
+"""One tiny HCL fit shared by test_callbacks, test_export and test_analysis, and the
+tiny-model / quiet-Trainer pieces the other test modules build their fits from.
 
 The fit runs once per pytest session (its outputs are cached under pytest's session
 base temp dir, so whichever of the three modules runs first makes it): ResNet-18
@@ -14,22 +15,46 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from hcl_lightning.baselines import HCLMoCoV2
 from hcl_lightning.callbacks import HyperbolicMonitor
 from hcl_lightning.data import HCLDataModule, make_synthetic_scenes
 
-TINY_HCL = {
-    "backbone": "resnet18",
-    "small_input": False,
-    "proj_hidden_dim": 32,
-    "out_dim": 16,
-    "queue_size": 16,
-    "hcl_queue_size": 16,
-    "batch_size": 4,
-    "hcl_lambda": 0.2,
-}
+
+def tiny_kwargs(**kwargs) -> dict:
+    """Constructor arguments of a tiny baseline: ResNet-18 (standard stem), 32-wide
+    projection MLP, 16-d output; ``kwargs`` add to or override them."""
+    return {
+        "backbone": "resnet18",
+        "small_input": False,
+        "proj_hidden_dim": 32,
+        "out_dim": 16,
+        **kwargs,
+    }
+
+
+def seeded_model(cls: type[pl.LightningModule], tiny: dict, **kwargs) -> pl.LightningModule:
+    """``cls(**tiny, **kwargs)`` (``kwargs`` win) built right after ``torch.manual_seed(0)``."""
+    torch.manual_seed(0)
+    return cls(**{**tiny, **kwargs})
+
+
+def quiet_trainer(**kwargs) -> pl.Trainer:
+    """A CPU Trainer without logger, checkpoints, progress bar or model summary;
+    ``kwargs`` add to or override these settings."""
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+TINY_HCL = tiny_kwargs(queue_size=16, hcl_queue_size=16, batch_size=4, hcl_lambda=0.2)
 STEPS = 3
 EVERY = 2
 WARMUP = 4
@@ -55,17 +80,13 @@ def tiny_datamodule(image_dir: Path, ann_file: Path) -> HCLDataModule:
 
 
 def tiny_trainer(root: Path, max_steps: int, callbacks: list, loggers) -> pl.Trainer:
-    return pl.Trainer(
+    return quiet_trainer(
         max_steps=max_steps,
-        accelerator="cpu",
         devices=1,
         default_root_dir=root,
         logger=loggers,
         callbacks=callbacks,
         log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
 
 

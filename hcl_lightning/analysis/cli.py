@@ -52,6 +52,16 @@ def _add_data_args(parser: argparse.ArgumentParser, ann_required: bool = True) -
     parser.add_argument("--max-images", type=int, default=None, help="use the first N images")
 
 
+def _add_analysis(
+    sub: argparse._SubParsersAction, name: str, help: str, ann_required: bool = True
+) -> argparse.ArgumentParser:
+    """A subcommand that runs an analysis of a model on images: model and data arguments."""
+    parser = sub.add_parser(name, help=help)
+    _add_model_args(parser)
+    _add_data_args(parser, ann_required=ann_required)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hcl-analyze",
@@ -59,23 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    norms = sub.add_parser("norms", help="ball norm vs. number of objects (HCL Figure 3)")
-    _add_model_args(norms)
-    _add_data_args(norms)
+    norms = _add_analysis(sub, "norms", "ball norm vs. number of objects (HCL Figure 3)")
     norms.add_argument("--scene-crops", type=int, default=0, help="random crops per image")
     norms.add_argument("--seed", type=int, default=0, help="seed of the scene crops")
 
-    ooc = sub.add_parser(
-        "out-of-context", help="object-to-scene hyperbolic distances (HCL Figure 5)"
+    ooc = _add_analysis(
+        sub, "out-of-context", "object-to-scene hyperbolic distances (HCL Figure 5)"
     )
-    _add_model_args(ooc)
-    _add_data_args(ooc)
     ooc.add_argument("--object-size", type=int, default=None, help="default: --image-size")
     ooc.add_argument("--grid-images", type=int, default=16, help="images drawn in the grid")
 
-    embed = sub.add_parser("embed", help="Euclidean and ball embeddings of whole images")
-    _add_model_args(embed)
-    _add_data_args(embed, ann_required=False)
+    embed = _add_analysis(
+        sub, "embed", "Euclidean and ball embeddings of whole images", ann_required=False
+    )
     embed.add_argument("--format", choices=("npy", "pt"), default="npy")
 
     export = sub.add_parser("export", help="backbone weights for torchvision or detectron2")
@@ -112,62 +118,58 @@ def _model(args: argparse.Namespace):
     return load_model(args.checkpoint, args.model_class, device=args.device)
 
 
-def _run_norms(args: argparse.Namespace) -> None:
-    from hcl_lightning.analysis.norms import norms_vs_objects
+def _analyse(args: argparse.Namespace, analysis, **kwargs) -> dict:
+    """``analysis`` of the checkpoint's model on the images of ``args``, into ``args.out``.
 
-    result = norms_vs_objects(
+    Passes the shared data arguments (``image_size``, ``batch_size``, ``num_workers``)
+    and ``kwargs``; returns what ``analysis`` returns.
+    """
+    return analysis(
         _model(args),
         _images(args),
         args.out,
         image_size=args.image_size,
         batch_size=args.batch_size,
-        scene_crops=args.scene_crops,
-        seed=args.seed,
         num_workers=args.num_workers,
+        **kwargs,
     )
+
+
+def _print_values(result: dict, keys: Sequence[str]) -> None:
+    for key in keys:
+        print(f"{key}={result[key]}")
+
+
+def _run_norms(args: argparse.Namespace) -> None:
+    from hcl_lightning.analysis.norms import norms_vs_objects
+
+    result = _analyse(args, norms_vs_objects, scene_crops=args.scene_crops, seed=args.seed)
     print(f"spearman_rho={_fmt(result['spearman_rho'])}")
     print(f"spearman_p={_fmt(result['spearman_p'])}")
-    print(f"n_items={result['n_items']}")
-    for key in ("norms_csv", "groups_csv", "plot"):
-        print(f"{key}={result[key]}")
+    _print_values(result, ("n_items", "norms_csv", "groups_csv", "plot"))
 
 
 def _run_ooc(args: argparse.Namespace) -> None:
     from hcl_lightning.analysis.out_of_context import out_of_context_scores
 
-    result = out_of_context_scores(
-        _model(args),
-        _images(args),
-        args.out,
-        image_size=args.image_size,
+    result = _analyse(
+        args,
+        out_of_context_scores,
         object_size=args.object_size,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
         max_grid_images=args.grid_images,
     )
     if result["ooc_auroc"] is not None:
         print(f"ooc_auroc={_fmt(result['ooc_auroc'])}")
     print(f"n_objects={result['n_objects']}")
     print(f"mean_distance={_fmt(result['mean_distance'])}")
-    for key in ("csv", "json", "grid"):
-        print(f"{key}={result[key]}")
+    _print_values(result, ("csv", "json", "grid"))
 
 
 def _run_embed(args: argparse.Namespace) -> None:
     from hcl_lightning.analysis.embed import embed_dataset
 
-    meta = embed_dataset(
-        _model(args),
-        _images(args),
-        args.out,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        fmt=args.format,
-    )
-    print(f"n_images={meta['n_images']}")
-    print(f"feature_dim={meta['feature_dim']}")
-    print(f"ball_dim={meta['ball_dim']}")
+    meta = _analyse(args, embed_dataset, fmt=args.format)
+    _print_values(meta, ("n_images", "feature_dim", "ball_dim"))
     print(f"out={args.out}")
 
 

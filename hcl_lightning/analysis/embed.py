@@ -7,6 +7,7 @@ Euclidean (backbone) and ball embeddings of a dataset to ``.npy`` (or ``.pt``) f
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import pickle
@@ -289,9 +290,44 @@ def embed_crops(
     return out
 
 
+def embed_images(
+    model: pl.LightningModule,
+    images: Sequence[AnnotatedImage],
+    image_size: int = 224,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    features: bool = False,
+) -> dict[str, np.ndarray]:
+    """:func:`embed_crops` of the whole ``images`` (scenes) by the online encoder."""
+    return embed_crops(
+        model,
+        [(im.path, None) for im in images],
+        image_size=image_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        features=features,
+    )
+
+
 def curvature_of(model: pl.LightningModule) -> float:
     """The (current) curvature magnitude ``c`` of the model's ball."""
     return float(model.hcl_head.curvature.detach())
+
+
+# -- outputs --------------------------------------------------------------------------
+def output_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a :class:`~pathlib.Path`, created (with its parents) if missing."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """``rows`` as a CSV file with a header of ``columns``."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def embed_dataset(
@@ -316,11 +352,10 @@ def embed_dataset(
     """
     if fmt not in ("npy", "pt"):
         raise ValueError(f"fmt must be 'npy' or 'pt', got {fmt!r}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = embed_crops(
+    out_dir = output_dir(out_dir)
+    result = embed_images(
         model,
-        [(im.path, None) for im in images],
+        images,
         image_size=image_size,
         batch_size=batch_size,
         num_workers=num_workers,

@@ -11,7 +11,6 @@ origin) is grouped by the number of objects, plotted, and correlated with it
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,13 @@ import numpy as np
 import pytorch_lightning as pl
 from scipy import stats
 
-from hcl_lightning.analysis.embed import AnnotatedImage, curvature_of, embed_crops
+from hcl_lightning.analysis.embed import (
+    AnnotatedImage,
+    curvature_of,
+    embed_crops,
+    output_dir,
+    write_csv,
+)
 from hcl_lightning.data.crops import count_objects_inside
 
 __all__ = ["NORM_COLUMNS", "GROUP_COLUMNS", "norms_vs_objects", "random_scene_crops"]
@@ -91,13 +96,6 @@ def _group(n_objects: np.ndarray, values: np.ndarray) -> list[dict[str, float]]:
     return rows
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _plot(path: Path, rows: list[dict], groups: list[dict], rho: float, title: str) -> None:
     import matplotlib
 
@@ -163,8 +161,7 @@ def norms_vs_objects(
         ``spearman_rho``, ``spearman_p`` (NaN when undefined, e.g. one object count),
         ``n_items``, ``n_failed`` and the output paths.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir)
     rng = np.random.default_rng(seed)
     meta: list[dict[str, Any]] = []
     items = []
@@ -208,8 +205,8 @@ def norms_vs_objects(
         "groups_csv": out_dir / "norms_by_objects.csv",
         "plot": out_dir / "norms_vs_objects.png",
     }
-    _write_csv(paths["norms_csv"], NORM_COLUMNS, rows)
-    _write_csv(paths["groups_csv"], GROUP_COLUMNS, groups)
+    write_csv(paths["norms_csv"], NORM_COLUMNS, rows)
+    write_csv(paths["groups_csv"], GROUP_COLUMNS, groups)
     _plot(paths["plot"], rows, groups, rho, title)
     return {
         "spearman_rho": rho,

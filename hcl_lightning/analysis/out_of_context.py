@@ -11,7 +11,6 @@ score for finding the flagged objects is reported.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Sequence
@@ -23,7 +22,14 @@ import pytorch_lightning as pl
 import torch
 from scipy.stats import rankdata
 
-from hcl_lightning.analysis.embed import AnnotatedImage, curvature_of, embed_crops
+from hcl_lightning.analysis.embed import (
+    AnnotatedImage,
+    curvature_of,
+    embed_crops,
+    embed_images,
+    output_dir,
+    write_csv,
+)
 from hcl_lightning.data.dataset import load_image
 from hcl_lightning.geometry import poincare_distance
 
@@ -162,16 +168,11 @@ def out_of_context_scores(
         ``ooc_auroc`` (None without flags, NaN with one class only), ``n_objects``,
         ``n_images``, ``mean_distance`` and the output paths.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir)
     object_size = object_size or image_size
     with_objects = [im for im in images if im.n_objects]
-    scenes = embed_crops(
-        model,
-        [(im.path, None) for im in with_objects],
-        image_size=image_size,
-        batch_size=batch_size,
-        num_workers=num_workers,
+    scenes = embed_images(
+        model, with_objects, image_size=image_size, batch_size=batch_size, num_workers=num_workers
     )
     owner = np.array([i for i, im in enumerate(with_objects) for _ in range(im.n_objects)], int)
     objects = embed_crops(
@@ -230,10 +231,7 @@ def out_of_context_scores(
         "json": out_dir / "ooc_scores.json",
         "grid": out_dir / "ooc_grid.png",
     }
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(OOC_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(paths["csv"], OOC_COLUMNS, rows)
     summary = {
         "ooc_auroc": score,
         "n_objects": len(rows),

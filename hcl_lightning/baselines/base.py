@@ -8,11 +8,13 @@ single place that defines the hyperparameters, and cooperative ``super()`` chain
 
 A subclass must define ``self.hparams`` entries ``lr``, ``weight_decay``,
 ``sgd_momentum``, ``batch_size``, ``momentum``, ``warmup_epochs`` (and optionally
-``warmup_steps``) and implement :meth:`momentum_pairs`.
+``warmup_steps``) and make its momentum encoder with :meth:`add_momentum_copies` (or
+extend :meth:`momentum_pairs`).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Callable
@@ -20,7 +22,12 @@ from collections.abc import Callable
 import pytorch_lightning as pl
 import torch
 from lightly.models.modules.memory_bank import MemoryBankModule
-from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
+from lightly.models.utils import (
+    batch_shuffle,
+    batch_unshuffle,
+    deactivate_requires_grad,
+    update_momentum,
+)
 from lightly.utils.scheduler import cosine_schedule
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, distributed, nn
@@ -96,12 +103,28 @@ class MomentumBaseline(pl.LightningModule):
     """Optimiser, schedules and momentum update shared by momentum-encoder baselines."""
 
     # -- momentum encoder ---------------------------------------------------------
+    def add_momentum_copies(self, *names: str) -> None:
+        """Adds ``<name>_momentum``, a frozen deep copy of the module ``<name>``, for each
+        name in turn (e.g. ``"backbone", "projection_head"``).
+
+        Each ``(<name>, <name>_momentum)`` pair is then one of :meth:`momentum_pairs`.
+        """
+        for name in names:
+            momentum = copy.deepcopy(getattr(self, name))
+            deactivate_requires_grad(momentum)
+            setattr(self, f"{name}_momentum", momentum)
+        self._momentum_names = (*getattr(self, "_momentum_names", ()), *names)
+
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """``(online, momentum)`` module pairs updated by EMA each step.
 
-        Subclasses (and mixins) extend the list with ``super().momentum_pairs() + [...]``.
+        Those made by :meth:`add_momentum_copies`, in order; subclasses (and mixins)
+        extend the list with ``super().momentum_pairs() + [...]``.
         """
-        return []
+        return [
+            (getattr(self, name), getattr(self, f"{name}_momentum"))
+            for name in getattr(self, "_momentum_names", ())
+        ]
 
     def total_steps(self) -> float:
         """Number of optimiser steps of the run (``inf`` when the run is unbounded)."""

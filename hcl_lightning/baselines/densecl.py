@@ -8,14 +8,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules import DenseCLProjectionHead
 from lightly.models.modules.memory_bank import MemoryBankModule
-from lightly.models.utils import deactivate_requires_grad, select_most_similar
+from lightly.models.utils import select_most_similar
 from torch import Tensor, nn
 
 from hcl_lightning.baselines.backbones import build_resnet
@@ -140,15 +138,7 @@ class DenseCL(MomentumBaseline):
         self.backbone, self.feat_dim = build_resnet(backbone, small_input=small_input)
         self.projection_head = DenseCLProjectionHead(self.feat_dim, proj_hidden_dim, out_dim)
         self.dense_head = DenseCLProjectionHead(self.feat_dim, proj_hidden_dim, out_dim)
-        self.backbone_momentum = copy.deepcopy(self.backbone)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
-        self.dense_head_momentum = copy.deepcopy(self.dense_head)
-        for module in (
-            self.backbone_momentum,
-            self.projection_head_momentum,
-            self.dense_head_momentum,
-        ):
-            deactivate_requires_grad(module)
+        self.add_momentum_copies("backbone", "projection_head", "dense_head")
 
         self.criterion = NTXentLoss(
             temperature=temperature,
@@ -163,13 +153,6 @@ class DenseCL(MomentumBaseline):
         )
 
     # -- encoders -------------------------------------------------------------------
-    def momentum_pairs(self):
-        return super().momentum_pairs() + [
-            (self.backbone, self.backbone_momentum),
-            (self.projection_head, self.projection_head_momentum),
-            (self.dense_head, self.dense_head_momentum),
-        ]
-
     @staticmethod
     def _encode(
         backbone: nn.Module, head: nn.Module, dense_head: nn.Module, x: Tensor

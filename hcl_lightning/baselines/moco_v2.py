@@ -7,12 +7,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import deactivate_requires_grad
 from torch import Tensor
 
 from hcl_lightning.baselines.backbones import build_resnet
@@ -87,10 +84,7 @@ class MoCoV2(MomentumBaseline):
 
         self.backbone, self.feat_dim = build_resnet(backbone, small_input=small_input)
         self.projection_head = MoCoProjectionHead(self.feat_dim, proj_hidden_dim, out_dim)
-        self.backbone_momentum = copy.deepcopy(self.backbone)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.backbone_momentum)
-        deactivate_requires_grad(self.projection_head_momentum)
+        self.add_momentum_copies("backbone", "projection_head")
 
         # Two losses, two queues: criterion_a contrasts q0 with k1, criterion_b q1 with k0.
         self.criterion_a = NTXentLoss(
@@ -107,12 +101,6 @@ class MoCoV2(MomentumBaseline):
             persistent_bank(criterion.memory_bank)  # MoCo checkpoints its queues
 
     # -- encoders -------------------------------------------------------------------
-    def momentum_pairs(self):
-        return super().momentum_pairs() + [
-            (self.backbone, self.backbone_momentum),
-            (self.projection_head, self.projection_head_momentum),
-        ]
-
     def forward(self, x: Tensor) -> Tensor:
         """Query projection ``(B, out_dim)`` from the online encoder (not normalised)."""
         return self.projection_head(self.backbone(x).flatten(start_dim=1))

@@ -17,7 +17,6 @@ docstring for exactly where it departs from the original.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +26,6 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from lightly.models.utils import deactivate_requires_grad
 from torch import Tensor, nn
 from torchvision.transforms import RandomResizedCrop
 
@@ -180,22 +178,13 @@ class ORL(MomentumBaseline):
 
         self.backbone, self.feat_dim = build_resnet(backbone, small_input=small_input)
         self.projection_head = BYOLProjectionHead(self.feat_dim, proj_hidden_dim, out_dim)
-        self.backbone_momentum = copy.deepcopy(self.backbone)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.backbone_momentum)
-        deactivate_requires_grad(self.projection_head_momentum)
+        self.add_momentum_copies("backbone", "projection_head")
         self.predictor_global = BYOLPredictionHead(out_dim, pred_hidden_dim, out_dim)
         self.predictor_intra = BYOLPredictionHead(out_dim, pred_hidden_dim, out_dim)
         self.predictor_inter = BYOLPredictionHead(out_dim, pred_hidden_dim, out_dim)
         self.criterion = NegativeCosineSimilarity()
 
     # -- encoders -------------------------------------------------------------------
-    def momentum_pairs(self):
-        return super().momentum_pairs() + [
-            (self.backbone, self.backbone_momentum),
-            (self.projection_head, self.projection_head_momentum),
-        ]
-
     def forward(self, x: Tensor) -> Tensor:
         """Online projection ``(B, out_dim)``."""
         return self.projection_head(self.backbone(x).flatten(start_dim=1))
