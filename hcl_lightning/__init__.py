@@ -6,9 +6,12 @@ Public API (see the README for the three entry points):
 - heads: :class:`PoincareProjectionHead`
 - losses: :class:`HyperbolicInfoNCELoss` (with its :class:`HyperbolicKeyQueue`)
 - the add-on: :class:`HCLMixin` (``class MyHCL(HCLMixin, MyLightlyBaseline)``)
+- callbacks: :class:`HyperbolicMonitor`, :class:`NonFiniteGuard`
 """
 
+from hcl_lightning.callbacks import HyperbolicMonitor
 from hcl_lightning.geometry import poincare_distance, poincare_pairwise_distance
+from hcl_lightning.guards import NonFiniteGuard
 from hcl_lightning.heads import PoincareProjectionHead
 from hcl_lightning.losses import HyperbolicInfoNCELoss
 from hcl_lightning.mixin import HCLMixin
@@ -19,6 +22,8 @@ __all__ = [
     "HCLMixin",
     "HyperbolicInfoNCELoss",
     "HyperbolicKeyQueue",
+    "HyperbolicMonitor",
+    "NonFiniteGuard",
     "PoincareProjectionHead",
     "hyperbolic_negative_logsumexp",
     "poincare_distance",

@@ -68,7 +68,7 @@ class HyperbolicInfoNCELoss(nn.Module):
         queue_size: int = 65536,
         dim: int = 128,
         gather_distributed: bool = True,
-        chunk_size: int = 2048,
+        chunk_size: int = 1024,
     ) -> None:
         super().__init__()
         if not (math.isfinite(temperature) and temperature > 0):

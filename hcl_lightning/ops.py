@@ -96,7 +96,7 @@ def hyperbolic_negative_logsumexp(
     negatives: Tensor,
     c: float,
     temperature: float,
-    chunk_size: int = 2048,
+    chunk_size: int = 1024,
 ) -> tuple[Tensor, Tensor]:
     """``logsumexp_k(-d_c(query_i, negatives_k) / temperature)`` and the largest logit.
 
