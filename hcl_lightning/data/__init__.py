@@ -12,6 +12,7 @@ from hcl_lightning.data.crops import CropSpec, SceneObjectSampler
 from hcl_lightning.data.datamodule import HCLDataModule
 from hcl_lightning.data.dataset import BAD_IMAGE_REASONS, HCLDataset, decode_image
 from hcl_lightning.data.hygiene import DataHygieneMonitor
+from hcl_lightning.data.selective_search import SelectiveSearchBoxSource
 from hcl_lightning.data.synthetic import make_synthetic_scenes
 from hcl_lightning.data.transforms import HCLTransform
 
@@ -28,6 +29,7 @@ __all__ = [
     "JsonBoxSource",
     "RandomBoxSource",
     "SceneObjectSampler",
+    "SelectiveSearchBoxSource",
     "build_box_source",
     "decode_image",
     "make_synthetic_scenes",

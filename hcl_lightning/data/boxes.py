@@ -494,6 +494,10 @@ class RandomBoxSource(BoxSource):
             raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {image_dir}")
 
 
+#: Box sources of a plain image folder, for ``build_box_source(box_method=...)``.
+BOX_METHODS = ("random", "selective_search")
+
+
 def build_box_source(
     image_dir: str | Path,
     ann_file: str | Path | None = None,
@@ -501,8 +505,10 @@ def build_box_source(
     min_box_size: float = 1.0,
     boxes_per_image: tuple[int, int] = (2, 6),
     seed: int = 0,
+    box_method: str = "random",
+    selective_search: dict | None = None,
 ) -> BoxSource:
-    """Chooses the box source: COCO annotations, proposals, or random boxes.
+    """Chooses the box source: COCO annotations, proposals, or random/selective-search boxes.
 
     Args:
         image_dir: Folder of the images.
@@ -511,18 +517,32 @@ def build_box_source(
         min_box_size: Minimum box side for :class:`CocoBoxSource`.
         boxes_per_image: Number of boxes for :class:`RandomBoxSource`.
         seed: Seed for :class:`RandomBoxSource`.
+        box_method: Boxes of a plain folder (neither ``ann_file`` nor ``proposals``):
+            ``"random"`` (:class:`RandomBoxSource`) or ``"selective_search"``
+            (:class:`~hcl_lightning.data.SelectiveSearchBoxSource`, cached proposals;
+            needs ``opencv-contrib-python-headless``).
+        selective_search: Keyword arguments of
+            :class:`~hcl_lightning.data.SelectiveSearchBoxSource` (e.g. ``cache_file``,
+            ``max_boxes``, ``min_size``).
 
     Returns:
         The box source. With neither ``ann_file`` nor ``proposals``, a
-        :class:`RandomBoxSource`.
+        :class:`RandomBoxSource` or a ``SelectiveSearchBoxSource`` by ``box_method``.
 
     Raises:
-        ValueError: If both ``ann_file`` and ``proposals`` are given.
+        ValueError: If both ``ann_file`` and ``proposals`` are given, or ``box_method``
+            is unknown.
     """
+    if box_method not in BOX_METHODS:
+        raise ValueError(f"box_method must be one of {BOX_METHODS}, got {box_method!r}")
     if ann_file is not None and proposals is not None:
         raise ValueError("give at most one of ann_file and proposals, not both")
     if ann_file is not None:
         return CocoBoxSource(image_dir, ann_file, min_box_size=min_box_size)
     if proposals is not None:
         return JsonBoxSource(image_dir, proposals)
+    if box_method == "selective_search":
+        from hcl_lightning.data.selective_search import SelectiveSearchBoxSource
+
+        return SelectiveSearchBoxSource(image_dir, **(selective_search or {}))
     return RandomBoxSource(image_dir, boxes_per_image=boxes_per_image, seed=seed)

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from hcl_lightning.data.boxes import BoxSource, build_box_source
+from hcl_lightning.data.boxes import BOX_METHODS, BoxSource, build_box_source
 from hcl_lightning.data.crops import SceneObjectSampler
 from hcl_lightning.data.dataset import DEFAULT_MAX_IMAGE_PIXELS, HCLDataset
 from hcl_lightning.data.transforms import HCLTransform
@@ -59,11 +59,17 @@ class HCLDataModule(pl.LightningDataModule):
         max_image_pixels: Pixel budget of a decoded image: larger JPEGs are decoded at
             reduced scale, other larger images skipped (None: no guard).
         seed: Seed of the random boxes (random-box source only).
+        box_method: Boxes of a plain folder (neither ``ann_file`` nor ``proposals``):
+            ``"random"`` or ``"selective_search"`` (cached selective-search proposals,
+            see :class:`~hcl_lightning.data.SelectiveSearchBoxSource`; needs
+            ``pip install "hcl-lightning[selective-search]"``).
+        selective_search: Keyword arguments of ``SelectiveSearchBoxSource``
+            (``cache_file``, ``max_boxes``, ``min_size``, ``mode``, ``max_side``...).
 
     Raises:
         FileNotFoundError: If ``image_dir``, ``ann_file`` or ``proposals`` is missing.
-        ValueError: If a numeric argument is out of range, or both ``ann_file`` and
-            ``proposals`` are given.
+        ValueError: If a numeric argument is out of range, both ``ann_file`` and
+            ``proposals`` are given, or ``box_method`` is unknown.
 
     Examples:
         >>> datamodule = HCLDataModule("data/images", ann_file="data/annotations.json")
@@ -90,6 +96,8 @@ class HCLDataModule(pl.LightningDataModule):
         max_bad_fraction: float = 0.1,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         seed: int = 0,
+        box_method: str = "random",
+        selective_search: dict | None = None,
     ) -> None:
         super().__init__()
         self.image_dir = _check_file("image_dir", image_dir, directory=True)
@@ -97,6 +105,8 @@ class HCLDataModule(pl.LightningDataModule):
         self.proposals = _check_file("proposals", proposals)
         if ann_file is not None and proposals is not None:
             raise ValueError("give at most one of ann_file and proposals, not both")
+        if box_method not in BOX_METHODS:
+            raise ValueError(f"box_method must be one of {BOX_METHODS}, got {box_method!r}")
         for name, value, low in (
             ("batch_size", batch_size, 1),
             ("object_size", object_size, 1),
@@ -115,6 +125,11 @@ class HCLDataModule(pl.LightningDataModule):
         for key in ("image_dir", "ann_file", "proposals"):
             if self.hparams[key] is not None:
                 self.hparams[key] = str(self.hparams[key])
+        if selective_search is not None:
+            self.hparams["selective_search"] = {
+                str(k): str(v) if isinstance(v, Path) else v
+                for k, v in dict(selective_search).items()
+            }
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -141,6 +156,12 @@ class HCLDataModule(pl.LightningDataModule):
                 min_box_size=self.hparams.min_box_size,
                 boxes_per_image=tuple(self.hparams.boxes_per_image),
                 seed=self.hparams.seed,
+                box_method=self.hparams.box_method,
+                selective_search=(
+                    None
+                    if self.hparams.selective_search is None
+                    else dict(self.hparams.selective_search)
+                ),
             )
         return self._source
 
