@@ -32,6 +32,7 @@ __all__ = [
     "CANCELLATION_TOLERANCE",
     "arcosh1p",
     "arcosh_floor",
+    "sinh_arcosh1p",
     "check_curvature",
     "exact_matmul",
     "poincare_distance",
@@ -86,14 +87,21 @@ def _min_conformal(dtype: torch.dtype) -> float:
     return 1e-15 if dtype == torch.float64 else 1e-7
 
 
-def arcosh1p(t: Tensor) -> Tensor:
+def sinh_arcosh1p(t: Tensor) -> Tensor:
+    """``sinh(arcosh(1 + t)) = sqrt(t (t + 2))``, as ``sqrt(t) * sqrt(t + 2)`` (no overflow)."""
+    return t.sqrt() * (t + 2).sqrt()
+
+
+def arcosh1p(t: Tensor, clamp: bool = True) -> Tensor:
     """``arcosh(1 + t)`` for ``t >= 0``, accurate for tiny ``t`` and finite for huge ``t``.
 
-    Uses ``log1p(t + sqrt(t) * sqrt(t + 2))``; ``t`` is clamped away from 0 so the
-    gradient is finite when two points coincide.
+    Uses ``log1p(t + sqrt(t (t + 2)))``; with ``clamp`` (the default) ``t`` is first
+    clamped away from 0 (:func:`arcosh_floor`) so the gradient is finite when two points
+    coincide; pass ``clamp=False`` for a ``t`` that is clamped already.
     """
-    t = t.clamp_min(arcosh_floor(t.dtype))
-    return torch.log1p(t + t.sqrt() * (t + 2).sqrt())
+    if clamp:
+        t = t.clamp_min(arcosh_floor(t.dtype))
+    return torch.log1p(t + sinh_arcosh1p(t))
 
 
 def conformal_denominator(sq_norm: Tensor, c: float | Tensor) -> Tensor:

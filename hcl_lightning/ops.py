@@ -22,20 +22,16 @@ import torch
 from torch import Tensor
 
 from hcl_lightning.geometry import (
+    arcosh1p,
     arcosh_floor,
     conformal_denominator,
     exact_matmul,
     pairwise_squared_distance,
+    sinh_arcosh1p,
     sqrt_curvature,
 )
 
 __all__ = ["hyperbolic_negative_logsumexp"]
-
-
-def _arcosh1p_parts(t: Tensor) -> tuple[Tensor, Tensor]:
-    """``(arcosh(1 + t), sqrt(t (t + 2)))`` for an already clamped ``t``."""
-    root = t.sqrt().mul_((t + 2).sqrt_())
-    return torch.log1p(t + root), root
 
 
 class _HyperbolicNegativeLogSumExp(torch.autograd.Function):
@@ -54,14 +50,14 @@ class _HyperbolicNegativeLogSumExp(torch.autograd.Function):
             stop = start + chunk
             t = pairwise_squared_distance(query, negatives[start:stop], q_sq, n_sq[start:stop])
             t.mul_(coef_q.unsqueeze(1)).mul_(inv_beta[start:stop].unsqueeze(0)).clamp_min_(min_t)
-            logits = _arcosh1p_parts(t)[0].mul_(-scale)
+            logits = arcosh1p(t, clamp=False).mul_(-scale)
             t_chunks.append(t)
             logit_chunks.append(logits)
             chunk_lse.append(torch.logsumexp(logits, dim=1))
             chunk_min_t.append(t.amin(dim=1))
         lse = torch.logsumexp(torch.stack(chunk_lse, dim=1), dim=1)
         nearest_t = torch.stack(chunk_min_t, dim=1).amin(dim=1)
-        max_logit = _arcosh1p_parts(nearest_t)[0].mul_(-scale)
+        max_logit = arcosh1p(nearest_t, clamp=False).mul_(-scale)
         ctx.mark_non_differentiable(max_logit)
         ctx.save_for_backward(query, negatives, coef_q, inv_beta, lse, *t_chunks, *logit_chunks)
         ctx.scale, ctx.chunk = scale, chunk
@@ -80,7 +76,7 @@ class _HyperbolicNegativeLogSumExp(torch.autograd.Function):
         for index, (t, logits) in enumerate(zip(t_chunks, logit_chunks, strict=True)):
             start = index * ctx.chunk
             w = (logits - lse.unsqueeze(1)).exp_().mul_(row_factor)
-            w.div_(t.sqrt().mul_((t + 2).sqrt_()))
+            w.div_(sinh_arcosh1p(t))
             sum_wt += (w * t).sum(dim=1)
             w.mul_(inv_beta[start : start + t.shape[1]].unsqueeze(0))
             sum_v += w.sum(dim=1)
