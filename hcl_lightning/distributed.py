@@ -26,15 +26,45 @@ and every process keeps its own BatchNorm statistics.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from lightly.models.utils import batch_shuffle, batch_unshuffle
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor, distributed
 
-__all__ = ["HCLDDPStrategy", "shuffle_bn_status"]
+__all__ = ["HCLDDPStrategy", "is_distributed", "shuffle_bn", "shuffle_bn_status"]
 
 log = logging.getLogger(__name__)
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return (
+        distributed.is_available()
+        and distributed.is_initialized()
+        and distributed.get_world_size() > 1
+    )
+
+
+@torch.no_grad()
+def shuffle_bn(encoder: Callable[[Tensor], Tensor | tuple[Tensor, ...]], x: Tensor):
+    """Runs a (momentum) ``encoder`` on ``x`` with MoCo's shuffle-BN.
+
+    The batch is shuffled (across devices under DDP) before ``encoder`` and every
+    output is unshuffled after it, so that BatchNorm statistics cannot leak which query
+    and key belong together. ``encoder`` returns a tensor or a tuple of tensors whose
+    first dimension is the batch; the result has the same structure.
+    """
+    dist = is_distributed()
+    x, shuffle = batch_shuffle(x, distributed=dist)
+    out = encoder(x)
+    if isinstance(out, Tensor):
+        return batch_unshuffle(out, shuffle, distributed=dist)
+    return tuple(batch_unshuffle(o, shuffle, distributed=dist) for o in out)
 
 
 def shuffle_bn_status(world_size: int, device_type: str, backend: str | None) -> str:

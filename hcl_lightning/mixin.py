@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from lightly.models.utils import batch_shuffle, batch_unshuffle
-from torch import Tensor, distributed, nn
+from torch import Tensor, nn
 
+from hcl_lightning.distributed import is_distributed, shuffle_bn
 from hcl_lightning.heads import PoincareProjectionHead
 from hcl_lightning.losses import HyperbolicInfoNCELoss
 from hcl_lightning.optim import attach_parameters
@@ -18,14 +18,6 @@ __all__ = ["HCLMixin", "HEAD_MODES"]
 
 #: ``hcl_head`` values: reuse the baseline's projection head, or an MLP of our own.
 HEAD_MODES = ("shared", "separate")
-
-
-def _distributed() -> bool:
-    return (
-        distributed.is_available()
-        and distributed.is_initialized()
-        and distributed.get_world_size() > 1
-    )
 
 
 def _last_linear(module: nn.Module) -> nn.Linear | None:
@@ -189,10 +181,7 @@ class HCLMixin:
         if baseline_hook is not None:
             return baseline_hook(x)
         encoder = self._hcl_encoder(momentum=True)
-        if not _distributed():
-            return encoder(x)
-        x, shuffle = batch_shuffle(x, distributed=True)
-        return batch_unshuffle(encoder(x), shuffle, distributed=True)
+        return shuffle_bn(encoder, x) if is_distributed() else encoder(x)
 
     # -- training -------------------------------------------------------------------
     def hcl_baseline_batch(self, batch: Mapping[str, Any]) -> Any:

@@ -10,7 +10,18 @@ from torch import Tensor
 
 from hcl_lightning.geometry import check_curvature, sqrt_curvature
 
-__all__ = ["HyperbolicKeyQueue"]
+__all__ = ["HyperbolicKeyQueue", "persistent_bank"]
+
+
+def persistent_bank(bank: MemoryBankModule) -> MemoryBankModule:
+    """Makes a lightly memory bank (a MoCo queue) part of the ``state_dict``.
+
+    lightly registers ``bank`` and ``bank_ptr`` as non-persistent buffers; MoCo, DenseCL
+    and the hyperbolic queue checkpoint their queues, so that a resumed run continues with them.
+    """
+    bank.register_buffer("bank", bank.bank, persistent=True)
+    bank.register_buffer("bank_ptr", bank.bank_ptr, persistent=True)
+    return bank
 
 
 class HyperbolicKeyQueue(MemoryBankModule):
@@ -59,9 +70,7 @@ class HyperbolicKeyQueue(MemoryBankModule):
         super().__init__(
             size=(size, dim), gather_distributed=gather_distributed, feature_dim_first=False
         )
-        # lightly registers both as non-persistent; a resumed run needs them.
-        self.register_buffer("bank", self.bank, persistent=True)
-        self.register_buffer("bank_ptr", self.bank_ptr, persistent=True)
+        persistent_bank(self)
 
     @torch.no_grad()
     def _init_memory_bank(self, size: tuple[int, ...]) -> None:

@@ -17,20 +17,13 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
-from lightly.models.modules.memory_bank import MemoryBankModule
-from lightly.models.utils import (
-    batch_shuffle,
-    batch_unshuffle,
-    deactivate_requires_grad,
-    update_momentum,
-)
+from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from pytorch_lightning.utilities import rank_zero_warn
-from torch import Tensor, distributed, nn
+from torch import nn
 
 #: Reference batch size of the linear scaling rule (Goyal et al. 2017; MoCo: 0.03 / 256).
 REFERENCE_BATCH_SIZE = 256
@@ -60,43 +53,6 @@ def lr_factor(step: int, warmup_steps: int, total_steps: float) -> float:
     decay_steps = max(int(total_steps) - warmup_steps, 1)
     t = min(step - warmup_steps, decay_steps)
     return 0.5 * (1.0 + math.cos(math.pi * t / decay_steps))
-
-
-def is_distributed() -> bool:
-    """True inside an initialised process group of more than one process."""
-    return (
-        distributed.is_available()
-        and distributed.is_initialized()
-        and distributed.get_world_size() > 1
-    )
-
-
-def persistent_bank(bank: MemoryBankModule) -> MemoryBankModule:
-    """Makes a lightly memory bank (a MoCo queue) part of the ``state_dict``.
-
-    lightly registers ``bank`` and ``bank_ptr`` as non-persistent buffers; MoCo and
-    DenseCL checkpoint their queues, so that a resumed run continues with them.
-    """
-    bank.register_buffer("bank", bank.bank, persistent=True)
-    bank.register_buffer("bank_ptr", bank.bank_ptr, persistent=True)
-    return bank
-
-
-@torch.no_grad()
-def shuffle_bn(encoder: Callable[[Tensor], Tensor | tuple[Tensor, ...]], x: Tensor):
-    """Runs a (momentum) ``encoder`` on ``x`` with MoCo's shuffle-BN.
-
-    The batch is shuffled (across devices under DDP) before ``encoder`` and every
-    output is unshuffled after it, so that BatchNorm statistics cannot leak which query
-    and key belong together. ``encoder`` returns a tensor or a tuple of tensors whose
-    first dimension is the batch; the result has the same structure.
-    """
-    dist = is_distributed()
-    x, shuffle = batch_shuffle(x, distributed=dist)
-    out = encoder(x)
-    if isinstance(out, Tensor):
-        return batch_unshuffle(out, shuffle, distributed=dist)
-    return tuple(batch_unshuffle(o, shuffle, distributed=dist) for o in out)
 
 
 class MomentumBaseline(pl.LightningModule):

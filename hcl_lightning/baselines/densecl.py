@@ -17,8 +17,10 @@ from lightly.models.utils import select_most_similar
 from torch import Tensor, nn
 
 from hcl_lightning.baselines.backbones import build_resnet
-from hcl_lightning.baselines.base import MomentumBaseline, persistent_bank, shuffle_bn
+from hcl_lightning.baselines.base import MomentumBaseline
+from hcl_lightning.distributed import shuffle_bn
 from hcl_lightning.mixin import HCLMixin
+from hcl_lightning.queues import persistent_bank
 
 __all__ = ["DenseCL", "HCLDenseCL", "dense_info_nce", "resnet_feature_map"]
 

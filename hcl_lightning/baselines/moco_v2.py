@@ -13,8 +13,10 @@ from lightly.models.modules import MoCoProjectionHead
 from torch import Tensor
 
 from hcl_lightning.baselines.backbones import build_resnet
-from hcl_lightning.baselines.base import MomentumBaseline, persistent_bank, shuffle_bn
+from hcl_lightning.baselines.base import MomentumBaseline
+from hcl_lightning.distributed import shuffle_bn
 from hcl_lightning.mixin import HCLMixin
+from hcl_lightning.queues import persistent_bank
 
 
 class MoCoV2(MomentumBaseline):
