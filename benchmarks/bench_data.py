@@ -2,16 +2,17 @@
 
 Both pipelines read the same synthetic JPEG scenes (``make_synthetic_scenes``,
 ``--images`` images of ``--image-size`` px, cached in a temporary folder) and produce
-crops of the same side ``--size``:
+crops of the same side ``--size`` (the HCL scene crop: ``--scene-size``, default
+``--size``):
 
 - ``MoCo-v2`` (baseline): ``lightly.data.LightlyDataset`` with lightly's
   ``MoCoV2Transform(input_size=size)``: decode the image, 2 augmented views of the
   whole image (random resized crop, colour jitter, grayscale, blur, flip, normalise);
-- ``HCL``: the loader of ``HCLDataModule(object_size=size, scene_size=size)``, i.e.
-  ``HCLDataset``: decode the image once, sample an object box and a scene around it
-  (``SceneObjectSampler``), then 4 crops: 2 ``MoCoV2Transform`` views of the object
+- ``HCL``: the loader of ``HCLDataModule(object_size=size, scene_size=scene_size)``,
+  i.e. ``HCLDataset``: decode the image once, sample an object box and a scene around
+  it (``SceneObjectSampler``), then 4 crops: 2 ``MoCoV2Transform`` views of the object
   region, the scene region and the object region, each resized with a light
-  augmentation (flip, colour jitter, normalise).
+  augmentation (``LightTransform``: flip, colour jitter, normalise).
 
 Both DataLoaders use the same batch size, ``shuffle=True``, ``drop_last=True``,
 ``pin_memory=False``, ``--workers`` worker processes and persistent workers (when
@@ -23,9 +24,13 @@ sample in both pipelines) over the median pass; the ratio HCL/baseline has the t
 ``>= 0.8``.
 
 To explain the ratio, a per-image profile of the stages runs in the main process on
-the same images (median per image over one pass, ``time.perf_counter``): decoding
-(``decode_image``), the box sampling, the 2 MoCo-v2 views, and the scene and object
-crops with their light augmentation.
+the same images (mean per image over one pass, ``time.perf_counter``; means, not
+medians, as the scene and object costs vary with the region size): decoding
+(``decode_image``), the box sampling (``ImageRecord.resolve`` + sampler), each step of
+lightly's MoCo-v2 view transform (random resized crop, flips, colour jitter, grayscale,
+blur, to-tensor, normalise; summed over the 2 views) on the whole image (baseline) and
+on the object region (HCL), and the scene and object crops with their light
+augmentation (``LightTransform``).
 
 On CPU the main process uses one torch thread by default (``--threads``; DataLoader
 workers always use one), as in ``bench_step.py``. The load average is printed before
@@ -35,6 +40,7 @@ Usage::
 
     python benchmarks/bench_data.py                # 200 images of 256 px -> 64 px crops
     python benchmarks/bench_data.py --size 224     # crops of the paper's size
+    python benchmarks/bench_data.py --scene-size 32  # scenes at half the object size
     python benchmarks/bench_data.py --quick        # smoke run (< 30 s)
 """
 
@@ -53,6 +59,7 @@ import numpy as np
 import torch
 from lightly.data import LightlyDataset
 from lightly.transforms import MoCoV2Transform
+from lightly.transforms.torchvision_v2_compatibility import torchvision_transforms as T
 from torch.utils.data import DataLoader
 
 from hcl_lightning.data import HCLDataModule, decode_image, make_synthetic_scenes
@@ -84,7 +91,7 @@ def build_loaders(
         ann_file=str(ann_file),
         batch_size=args.batch_size,
         object_size=args.size,
-        scene_size=args.size,
+        scene_size=args.scene_size,
         num_workers=workers,
         pin_memory=False,
     )
@@ -128,43 +135,70 @@ def measure_workers(
     return {"workers": workers, "rates": rates, "samples": samples}
 
 
-def profile_stages(args: argparse.Namespace, image_dir: Path, ann_file: Path) -> dict[str, float]:
-    """Median milliseconds per image of each stage, in this process."""
+def _view_steps(transform: MoCoV2Transform) -> list:
+    """The steps of lightly's MoCo-v2 view transform (both views use the same one)."""
+    return transform.transforms[0].transform.transforms
+
+
+def _step_name(step: Any) -> str:
+    inner = step.transforms[0] if isinstance(step, T.RandomApply) else step
+    return f"view: {type(inner).__name__}"
+
+
+def _time_views(steps: list, image: Any, stages: dict[str, list[float]]) -> None:
+    """Runs 2 views step by step, adding each step's seconds (both views) to ``stages``."""
+    seconds = dict.fromkeys(map(_step_name, steps), 0.0)
+    for _ in range(2):
+        view = image
+        for step in steps:
+            start = time.perf_counter()
+            view = step(view)
+            seconds[_step_name(step)] += time.perf_counter() - start
+    for name, value in seconds.items():
+        stages.setdefault(name, []).append(value)
+
+
+def profile_stages(
+    args: argparse.Namespace, image_dir: Path, ann_file: Path
+) -> dict[str, dict[str, float]]:
+    """Mean milliseconds per image of each stage of each pipeline, in this process."""
     _, datamodule = build_loaders(args, image_dir, ann_file, workers=0)
     datamodule.setup("fit")
     dataset = datamodule.train_dataset
     transform = dataset.transform
-    baseline_views = MoCoV2Transform(input_size=args.size)
-    stages: dict[str, list[float]] = {
-        "decode": [],
-        "box sampling": [],
-        "2 views, whole image (MoCo-v2)": [],
-        "2 views, object region (HCL)": [],
-        "scene crop + light aug (HCL)": [],
-        "object crop + light aug (HCL)": [],
-    }
+    baseline_steps = _view_steps(MoCoV2Transform(input_size=args.size))
+    hcl_steps = _view_steps(transform.views)
+    stages: dict[str, dict[str, list[float]]] = {name: {} for name in PIPELINES}
+    base, hcl = stages[PIPELINES[0]], stages[PIPELINES[1]]
     rng = np.random.default_rng(0)
     for record in dataset.records:
         start = time.perf_counter()
         image, scale = decode_image(record.path, dataset.max_image_pixels)
-        stages["decode"].append(time.perf_counter() - start)
+        decode = time.perf_counter() - start
+        for times in (base, hcl):
+            times.setdefault("decode", []).append(decode)
         start = time.perf_counter()
         crop = dataset.sampler.sample(record.resolve(*image.size, scale=scale), rng)
-        stages["box sampling"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        baseline_views(image)
-        stages["2 views, whole image (MoCo-v2)"].append(time.perf_counter() - start)
+        hcl.setdefault("box sampling", []).append(time.perf_counter() - start)
+        _time_views(baseline_steps, image, base)
         start = time.perf_counter()
         object_region = image.crop(crop.object_box)
-        transform.views(object_region)
-        stages["2 views, object region (HCL)"].append(time.perf_counter() - start)
+        hcl.setdefault("object region crop", []).append(time.perf_counter() - start)
+        _time_views(hcl_steps, object_region, hcl)
         start = time.perf_counter()
         transform.scene(image.crop(crop.scene_box))
-        stages["scene crop + light aug (HCL)"].append(time.perf_counter() - start)
+        hcl.setdefault("scene: crop + light aug", []).append(time.perf_counter() - start)
         start = time.perf_counter()
         transform.object(object_region)
-        stages["object crop + light aug (HCL)"].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in stages.items()}
+        hcl.setdefault("object: light aug", []).append(time.perf_counter() - start)
+    return {
+        pipeline: {name: 1000 * statistics.fmean(values) for name, values in times.items()}
+        for pipeline, times in stages.items()
+    }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _verdict(ok: bool) -> str:
@@ -173,7 +207,8 @@ def _verdict(ok: bool) -> str:
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]], stages: dict) -> str:
     lines = [
-        f"{args.images} synthetic JPEGs of {args.image_size} px -> crops of {args.size} px, "
+        f"{args.images} synthetic JPEGs of {args.image_size} px -> crops of {args.size} px "
+        f"(HCL scene {args.scene_size} px), "
         f"batch {args.batch_size}, median of {args.passes} full passes per pipeline "
         f"(interleaved), main-process torch threads {torch.get_num_threads()}",
         "",
@@ -189,17 +224,19 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], stages: dict
             f"{_verdict(ratio >= TARGET)} |"
         )
     if stages:
-        base_ms = stages["decode"] + stages["2 views, whole image (MoCo-v2)"]
-        hcl_ms = sum(value for name, value in stages.items() if "MoCo-v2" not in name)
+        base, hcl = (stages[name] for name in PIPELINES)
+        names = list(dict.fromkeys([*base, *hcl]))
+        base_ms, hcl_ms = sum(base.values()), sum(hcl.values())
         lines += [
             "",
-            "Per-image stages, main process (median ms per image over one pass):",
+            "Per-image stages, main process (mean ms per image over one pass; the view "
+            "steps summed over the 2 views):",
             "",
-            "| stage | ms |",
-            "|---|---:|",
-            *(f"| {name} | {value:.2f} |" for name, value in stages.items()),
+            f"| stage | {PIPELINES[0]} ms | {PIPELINES[1]} ms |",
+            "|---|---:|---:|",
+            *(f"| {name} | {_ms(base.get(name))} | {_ms(hcl.get(name))} |" for name in names),
+            f"| **sum** | **{base_ms:.3f}** | **{hcl_ms:.3f}** |",
             "",
-            f"sum MoCo-v2 = {base_ms:.2f} ms, sum HCL = {hcl_ms:.2f} ms, "
             f"predicted HCL/MoCo-v2 images/s = {base_ms / hcl_ms:.2f}",
         ]
     return "\n".join(lines)
@@ -209,7 +246,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200, help="synthetic images")
     parser.add_argument("--image-size", type=int, default=256, help="side of the images")
-    parser.add_argument("--size", type=int, default=64, help="side of every output crop")
+    parser.add_argument("--size", type=int, default=64, help="side of the views and objects")
+    parser.add_argument(
+        "--scene-size", type=int, help="side of the HCL scene crops (default: --size)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--passes", type=int, default=6, help="timed passes per pipeline")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
@@ -223,7 +263,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         for name, value in QUICK.items():
             setattr(args, name, value)
-    if min(args.images, args.size, args.batch_size, args.passes) < 1 or args.image_size < 32:
+    if args.scene_size is None:
+        args.scene_size = args.size
+    if min(args.images, args.size, args.scene_size, args.batch_size, args.passes) < 1 or (
+        args.image_size < 32
+    ):
         parser.error("sizes and --passes must be >= 1, --image-size >= 32")
     if args.batch_size > args.images or min(args.workers) < 0 or args.threads < 0:
         parser.error("--batch-size must be <= --images; --workers and --threads >= 0")

@@ -60,6 +60,17 @@ Ratios and targets:
   HCL 8 + 3 + 1 = 12 when all crops have the same side: 1.5 for encoder-bound steps.
 - HCL overhead beyond the extra encoder passes: (c) / HCL step time, target ≤ 5 %.
 
+**Speed options** (``--batched-forward``, ``--channels-last``, ``--compile [BACKEND]``):
+each flag adds one more HCL-MoCo-v2 model, built with the same seed and with only that
+option on (``hcl_batched_forward=True``: one online pass on ``[x0, x1, scene]`` and one
+momentum pass on ``[x0, x1, object]``; ``channels_last=True``: model and input images
+in ``torch.channels_last``, inputs converted in ``on_after_batch_transfer``, before the
+timed region; ``compile_backbone=BACKEND``: both backbones compiled in place, default
+``inductor``; compilation happens in the first, untimed step of the first fit). Its
+fits join the interleaved rounds, and its step time is reported as a ratio to the
+plain HCL-MoCo-v2 step of the same run (per-round ratios printed too). The breakdown
+is of the plain HCL step only.
+
 Timings use ``time.perf_counter`` (with ``torch.cuda.synchronize`` around each timed
 region on GPU), float32. On CPU the default is one torch thread (``--threads``): on a
 machine shared with other jobs, OpenMP threads wait for each other whenever one is
@@ -74,6 +85,7 @@ Usage::
     python benchmarks/bench_step.py          # ResNet-18, 64 px, batch 32, queues 4096, CPU
     python benchmarks/bench_step.py --quick  # smoke run (< 30 s)
     python benchmarks/bench_step.py --gpu    # ResNet-50, 224 px, batch 64, queues 65536, CUDA
+    python benchmarks/bench_step.py --batched-forward --channels-last --compile
 """
 
 from __future__ import annotations
@@ -231,18 +243,33 @@ class StepTimer(pl.Callback):
             self.times.append(elapsed)
 
 
+def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The speed-option variants of HCL-MoCo-v2 ``args`` asks for: name -> model kwargs."""
+    options = {
+        "HCL +batched_forward": args.batched_forward and {"hcl_batched_forward": True},
+        "HCL +channels_last": args.channels_last and {"channels_last": True},
+        f"HCL +compile({args.compile})": args.compile and {"compile_backbone": args.compile},
+    }
+    return {name: kwargs for name, kwargs in options.items() if kwargs}
+
+
 def build_models(args: argparse.Namespace) -> dict[str, pl.LightningModule]:
+    """MoCo-v2, HCL-MoCo-v2 and the requested variants, all built from seed 0."""
     common = {
         "backbone": args.backbone,
         "small_input": args.small_input,
         "queue_size": args.queue_size,
         "batch_size": args.batch_size,
     }
-    torch.manual_seed(0)
-    moco = MoCoV2(**common)
-    torch.manual_seed(0)
-    hcl = HCLMoCoV2(**common, **HCL_ARGS, hcl_queue_size=args.queue_size)
-    return dict(zip(MODELS, (moco, hcl), strict=True))
+    hcl = {**common, **HCL_ARGS, "hcl_queue_size": args.queue_size}
+    builds = {MODELS[0]: (MoCoV2, common), MODELS[1]: (HCLMoCoV2, hcl)}
+    for name, options in variants(args).items():
+        builds[name] = (HCLMoCoV2, {**hcl, **options})
+    models = {}
+    for name, (cls, kwargs) in builds.items():
+        torch.manual_seed(0)
+        models[name] = cls(**kwargs)
+    return models
 
 
 def build_batches(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -260,7 +287,8 @@ def build_batches(args: argparse.Namespace, device: torch.device) -> dict[str, A
         "index": index,
         "n_objects": torch.ones_like(labels),
     }
-    return {MODELS[0]: ([x0, x1], labels, index), MODELS[1]: hcl_batch}
+    batches = {MODELS[0]: ([x0, x1], labels, index), MODELS[1]: hcl_batch}
+    return batches | {name: hcl_batch for name in variants(args)}
 
 
 def fit(model: pl.LightningModule, batch: Any, steps: int, timer: StepTimer) -> None:
@@ -372,16 +400,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models = build_models(args)
     batches = build_batches(args, device)
     hcl = models[MODELS[1]]
-    times: dict[str, list[float]] = {name: [] for name in MODELS}
+    model_names = list(models)
+    times: dict[str, list[float]] = {name: [] for name in model_names}
     round_ratios = []
+    variant_ratios: dict[str, list[float]] = {name: [] for name in model_names[2:]}
     parts: dict[str, list[float]] = {"a": [], "b": [], "c": []}
     timed_parts = None
     memory = {}
     if not args.quick:  # one-time costs (oneDNN/cuDNN kernel selection, allocator growth)
-        for name in MODELS:
+        for name in model_names:
             fit(models[name], batches[name], 2, StepTimer(device, skip=2))
     for round_index in range(args.rounds):
-        order = MODELS if round_index % 2 == 0 else MODELS[::-1]
+        order = model_names if round_index % 2 == 0 else model_names[::-1]
         last = round_index == args.rounds - 1
         round_medians = {}
         for name in order:
@@ -393,6 +423,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if last:
                 memory[name] = (timer.peak_mib, timer.total_peak_mib)
         round_ratios.append(round_medians[MODELS[1]] / round_medians[MODELS[0]])
+        for name, ratios in variant_ratios.items():
+            ratios.append(round_medians[name] / round_medians[MODELS[1]])
         hcl.to(device).train()  # Lightning moves the model back to the CPU after fit
         if timed_parts is None:
             timed_parts = breakdown_parts(hcl, batches[MODELS[1]], device)
@@ -411,6 +443,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "step_min": {name: min(ts) for name, ts in times.items()},
         "n_steps": {name: len(ts) for name, ts in times.items()},
         "round_ratios": round_ratios,
+        "variant_ratios": variant_ratios,
         "parts": {name: statistics.median(ts) for name, ts in parts.items()},
         "n_parts": len(parts["a"]),
         "memory": memory,
@@ -443,14 +476,14 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "| model | step ms (median) | step ms (min) | images/s | step peak MiB |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name in MODELS:
+    for name in step:
         peak, _ = results["memory"][name]
         lines.append(
             f"| {name} | {1000 * step[name]:.1f} | {1000 * results['step_min'][name]:.1f} | "
             f"{batch / step[name]:.1f} | {peak:.1f} |"
         )
     if device.type == "cuda":
-        totals = ", ".join(f"{n} {results['memory'][n][1]:.0f}" for n in MODELS)
+        totals = ", ".join(f"{n} {results['memory'][n][1]:.0f}" for n in step)
         lines.append(f"\nabsolute max_memory_allocated (MiB, models and queues included): {totals}")
     hcl_step = step[MODELS[1]]
     rest = hcl_step - sum(parts.values())
@@ -487,6 +520,20 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"HCL overhead beyond the extra encoder passes = (c)/HCL step = {overhead:.1%} "
         f"(target <= {OVERHEAD_TARGET:.0%}): {_verdict(overhead <= OVERHEAD_TARGET)}",
     ]
+    if results["variant_ratios"]:
+        lines += [
+            "",
+            "Speed options, step time against the plain HCL-MoCo-v2 step of this run "
+            "(< 1: faster):",
+            "",
+            "| variant | step ms (median) | variant / HCL | per-round ratios |",
+            "|---|---:|---:|---|",
+        ]
+        for name, ratios in results["variant_ratios"].items():
+            lines.append(
+                f"| {name} | {1000 * step[name]:.1f} | {step[name] / hcl_step:.2f} | "
+                f"{', '.join(f'{r:.2f}' for r in ratios)} |"
+            )
     return "\n".join(lines)
 
 
@@ -506,6 +553,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-images", type=int, help="synthetic images for (d)")
     parser.add_argument("--data-image-size", type=int, help="side of the synthetic images")
     parser.add_argument("--data-root", type=Path, help="cache of the synthetic images")
+    parser.add_argument(
+        "--batched-forward", action="store_true", help="add HCL with hcl_batched_forward"
+    )
+    parser.add_argument("--channels-last", action="store_true", help="add HCL with channels_last")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        metavar="BACKEND",
+        help="add HCL with compile_backbone=BACKEND (default inductor; e.g. aot_eager)",
+    )
     parser.add_argument(
         "--threads",
         type=int,

@@ -6,7 +6,7 @@ Public API (see the README for the three entry points):
 - heads: :class:`PoincareProjectionHead`
 - losses: :class:`HyperbolicInfoNCELoss` (with its :class:`HyperbolicKeyQueue`)
 - the add-on: :class:`HCLMixin` (``class MyHCL(HCLMixin, MyLightlyBaseline)``)
-- callbacks: :class:`HyperbolicMonitor`, :class:`NonFiniteGuard`
+- callbacks: :class:`HyperbolicMonitor`, :class:`NonFiniteGuard`, :class:`OnlineProbes`
 """
 
 from hcl_lightning.callbacks import HyperbolicMonitor
@@ -16,6 +16,7 @@ from hcl_lightning.heads import PoincareProjectionHead
 from hcl_lightning.losses import HyperbolicInfoNCELoss
 from hcl_lightning.mixin import HCLMixin
 from hcl_lightning.ops import hyperbolic_negative_logsumexp
+from hcl_lightning.probes import OnlineProbes
 from hcl_lightning.queues import HyperbolicKeyQueue
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "HyperbolicKeyQueue",
     "HyperbolicMonitor",
     "NonFiniteGuard",
+    "OnlineProbes",
     "PoincareProjectionHead",
     "hyperbolic_negative_logsumexp",
     "poincare_distance",

@@ -12,8 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from hcl_lightning.baselines.base import check_speed_options
 from hcl_lightning.mixin import HEAD_MODES
 
 __all__ = ["ConfigError", "validate_config"]
@@ -79,8 +81,10 @@ def validate_config(cfg: DictConfig) -> None:
     Checks the ``hcl`` group (``lam`` >= 0, ``tau`` > 0, ``c`` > 0, ``queue_size`` >= 0,
     ``head``), ``data.batch_size`` and crop sizes, that ``data.image_dir`` /
     ``data.ann_file`` / ``data.proposals`` exist (not for generated synthetic data,
-    whose paths are filled in later), the model target and ``ckpt_path``. Warns when
-    the small-input stem is combined with large crops (``preset=demo`` on real data).
+    whose paths are filled in later), the model target, ``ckpt_path`` and the speed
+    options (``model.channels_last``, ``model.compile_backbone``, ``model.compile_mode``,
+    ``hcl.batched_forward``). Warns when the small-input stem is combined with large
+    crops (``preset=demo`` on real data).
 
     Args:
         cfg: the composed config of ``hcl-train``.
@@ -150,6 +154,7 @@ def validate_config(cfg: DictConfig) -> None:
         _path(cfg, "ckpt_path", directory=False, optional=True)
 
     _check_training(cfg)
+    _check_speed_options(cfg)
 
     size = max(
         OmegaConf.select(cfg, "data.object_size") or 0,
@@ -275,3 +280,48 @@ def _check_training(cfg: DictConfig) -> None:
                 "lightly's MoCo queue drops the keys of a batch that overrun its end; e.g. "
                 f"model.queue_size={max(1, queue // global_batch) * global_batch}"
             )
+
+
+def _check_speed_options(cfg: DictConfig) -> None:
+    """``model.channels_last`` / ``compile_backbone`` / ``compile_mode`` and
+    ``hcl.batched_forward`` (a baseline with the hook, crops of one size)."""
+    speed = {
+        key: OmegaConf.select(cfg, f"model.{key}", default=default)
+        for key, default in (
+            ("channels_last", False),
+            ("compile_backbone", False),
+            ("compile_mode", None),
+        )
+    }
+    try:
+        check_speed_options(**speed)
+    except ValueError as error:
+        raise ConfigError(f"model.{error}") from None
+    batched = _get(cfg, "hcl.batched_forward")
+    if not isinstance(batched, bool):  # not _choice: 1 == True
+        raise ConfigError(
+            f"hcl.batched_forward={batched!r}: must be true or false (batched encoder passes)"
+        )
+    if not batched:
+        return
+    sizes = (
+        OmegaConf.select(cfg, "data.scene_size", default=None),
+        OmegaConf.select(cfg, "data.object_size", default=None),
+    )
+    if sizes[0] != sizes[1]:
+        raise ConfigError(
+            f"hcl.batched_forward=true with data.scene_size={sizes[0]} and "
+            f"data.object_size={sizes[1]}: scenes are concatenated with the object views, "
+            "so the sizes must be equal; set them equal or hcl.batched_forward=false"
+        )
+    target = _get(cfg, "model._target_")
+    try:
+        model_class = get_class(target)
+    except (ImportError, ValueError):  # instantiating the model reports a bad target
+        return
+    if not hasattr(model_class, "hcl_batched_step"):
+        raise ConfigError(
+            f"hcl.batched_forward=true: model._target_={target} has no hcl_batched_step "
+            "hook (batched encoder passes exist for model=moco_v2); use "
+            "hcl.batched_forward=false"
+        )

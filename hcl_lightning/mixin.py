@@ -58,6 +58,27 @@ class HCLMixin:
     ``λ = 0`` skips the branch entirely: loss, gradients, RNG and BatchNorm statistics
     are those of the baseline (the "HCL w/o L_hyp" ablation of the paper).
 
+    ``hcl_batched_forward=True`` runs the scenes in the baseline's online pass and the
+    objects in its key pass, as one forward each (``cat[views, scenes]`` and
+    ``cat[views, objects]``), through the baseline's hook
+    ``hcl_batched_step(batch, batch_idx, query_extra, key_extra) -> (output,
+    query_features, key_features)``: ``output`` is what its ``training_step`` returns,
+    the features are the backbone features (``backbone(x).flatten(1)``) of the extra
+    crops, online with gradient and from the key encoder without; the mixin maps them
+    as :meth:`hcl_query` / :meth:`hcl_key` do (projection head in shared mode), so
+    ``hcl_query`` / ``hcl_key`` overrides are not used. :class:`MoCoV2` implements
+    it. Views, scenes and objects must have one shape (``data.scene_size ==
+    data.object_size``); other batches raise a ``ValueError``. Trade-off: in eval mode
+    the loss and gradients equal the separate passes' (tested), but in train mode
+    BatchNorm normalises each kind of crop with statistics of the mixed batch: the
+    online pass mixes views and scenes, the key pass views and objects (under DDP its
+    shuffle-BN shuffles the mixed batch across ranks, so every rank's key statistics
+    mix views and objects too). On one device the online and key BatchNorm batches then
+    share two thirds of their images (both views), where the separate passes normalise
+    a query view and its positive key view in different batches: BatchNorm can leak
+    more about the positive pair. The default separate passes keep per-kind BatchNorm
+    statistics, as the paper's code does.
+
     HCL batches are mappings with keys ``views`` (list of 2 tensors), ``scene``,
     ``object`` and optionally ``labels``, ``index``, ``n_objects`` (see
     :class:`hcl_lightning.data.HCLDataModule`); a plain lightly batch is passed to the
@@ -75,6 +96,9 @@ class HCLMixin:
         hcl_head: ``"shared"`` or ``"separate"``.
         hcl_dim: output dimension of a separate head (default 128).
         hcl_learn_curvature: learn ``c`` (geoopt's softplus parametrisation).
+        hcl_batched_forward: one online and one key forward per step for the baseline's
+            views and the scene / object crops together (see above); needs the
+            baseline's ``hcl_batched_step``.
         **kwargs: passed on to the baseline's ``__init__``.
 
     Example:
@@ -95,6 +119,7 @@ class HCLMixin:
         hcl_head: str = "shared",
         hcl_dim: int = 128,
         hcl_learn_curvature: bool = False,
+        hcl_batched_forward: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -102,6 +127,17 @@ class HCLMixin:
             raise ValueError(f"hcl_lambda must be a finite number >= 0, got {hcl_lambda!r}")
         if hcl_head not in HEAD_MODES:
             raise ValueError(f"hcl_head must be one of {HEAD_MODES}, got {hcl_head!r}")
+        if not isinstance(hcl_batched_forward, bool):
+            raise ValueError(
+                f"hcl_batched_forward must be True or False, got {hcl_batched_forward!r}"
+            )
+        if hcl_batched_forward and getattr(super(), "hcl_batched_step", None) is None:
+            raise ValueError(
+                f"hcl_batched_forward=True: {type(self).__name__}'s baseline has no "
+                "hcl_batched_step(batch, batch_idx, query_extra, key_extra) hook (see "
+                "HCLMixin; MoCoV2 has one); use hcl_batched_forward=False"
+            )
+        self.hcl_batched_forward = hcl_batched_forward
         self.hcl_lambda = float(hcl_lambda)
         self.hcl_head_mode = hcl_head
         input_dim, hidden_dim, output_dim = self._hcl_head_dims(hcl_head, hcl_dim)
@@ -145,18 +181,25 @@ class HCLMixin:
             )
         return features, 2 * dim if dim < features else features, dim
 
+    def _hcl_suffix(self, momentum: bool) -> str:
+        return "_momentum" if momentum and hasattr(self, "backbone_momentum") else ""
+
+    def _hcl_projection(self, momentum: bool) -> nn.Module:
+        """What maps backbone features to head inputs: ``projection_head`` (shared mode,
+        online or momentum) or nothing (separate mode)."""
+        if self.hcl_head_mode == "separate":
+            return nn.Identity()
+        return getattr(self, f"projection_head{self._hcl_suffix(momentum)}")
+
     def _hcl_encoder(self, momentum: bool) -> nn.Module:
         """``backbone`` (+ ``projection_head`` in shared mode), online or momentum."""
-        suffix = "_momentum" if momentum and hasattr(self, "backbone_momentum") else ""
+        suffix = self._hcl_suffix(momentum)
         backbone = getattr(self, f"backbone{suffix}", None)
         if backbone is None:
             raise AttributeError(
                 f"{type(self).__name__} has no `backbone`; override hcl_query and hcl_key"
             )
-        if self.hcl_head_mode == "separate":
-            return nn.Sequential(backbone, nn.Flatten(start_dim=1))
-        head = getattr(self, f"projection_head{suffix}")
-        return nn.Sequential(backbone, nn.Flatten(start_dim=1), head)
+        return nn.Sequential(backbone, nn.Flatten(start_dim=1), self._hcl_projection(momentum))
 
     def hcl_query(self, x: Tensor) -> Tensor:
         """Euclidean features of the scene crops (online encoder, with gradient).
@@ -203,17 +246,40 @@ class HCLMixin:
             key = self.hcl_head(self.hcl_key(batch["object"]))
         return query, key
 
+    def _hcl_batched_embed(self, batch: Mapping[str, Any], batch_idx: int) -> tuple:
+        """``(baseline output, query, key)`` from the baseline's ``hcl_batched_step``."""
+        crops = {"views": batch["views"][0], "scene": batch["scene"], "object": batch["object"]}
+        shapes = {name: tuple(x.shape[1:]) for name, x in crops.items()}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(
+                f"hcl_batched_forward=True concatenates views, scenes and objects, which "
+                f"needs one crop shape; got {shapes}. Use equal crop sizes "
+                "(data.scene_size = data.object_size) or hcl_batched_forward=False"
+            )
+        output, query_features, key_features = super().hcl_batched_step(
+            self.hcl_baseline_batch(batch), batch_idx, batch["scene"], batch["object"]
+        )
+        query = self.hcl_head(self._hcl_projection(momentum=False)(query_features))
+        with torch.no_grad():
+            key = self.hcl_head(self._hcl_projection(momentum=True)(key_features))
+        return output, query, key
+
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         """Baseline step on the object views, plus ``λ·L_hyp`` on scene/object pairs."""
         if not isinstance(batch, Mapping):
             return super().training_step(batch, batch_idx)
-        output = super().training_step(self.hcl_baseline_batch(batch), batch_idx)
+        if self.hcl_batched_forward and self.hcl_lambda > 0:
+            output, query, key = self._hcl_batched_embed(batch, batch_idx)
+        else:
+            output = super().training_step(self.hcl_baseline_batch(batch), batch_idx)
+            query = key = None
         loss_euc = output["loss"] if isinstance(output, Mapping) else output
         batch_size = batch["scene"].shape[0]
         self.log("train/loss_euc", loss_euc.detach(), batch_size=batch_size)
         if self.hcl_lambda == 0:
             return output
-        query, key = self.hcl_embed(batch)
+        if query is None:
+            query, key = self.hcl_embed(batch)
         self.hcl_last_embeddings = (query.detach(), key)
         curvature = self.hcl_head.curvature if self.hcl_learn_curvature else None
         loss_hyp, top1 = self.hcl_criterion(query, key, curvature=curvature, return_accuracy=True)
@@ -232,6 +298,15 @@ class HCLMixin:
         if isinstance(output, Mapping):
             return {**output, "loss": loss}
         return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        """The baseline's ``validation_step`` (Lightning's default: nothing).
+
+        Defined so that Lightning runs the validation loop whenever the datamodule has
+        validation data, for callbacks that validate (e.g.
+        :class:`~hcl_lightning.probes.OnlineProbes`), also for baselines without a step.
+        """
+        return super().validation_step(batch, batch_idx)
 
     def configure_optimizers(self) -> Any:
         """The baseline's optimisers, with the hyperbolic parameters attached."""

@@ -21,7 +21,6 @@ command line.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import re
@@ -38,7 +37,7 @@ from hcl_lightning.checkpointing import (
     resume_epoch_end_checkpoints_at_next_epoch,
 )
 from hcl_lightning.config import ConfigError, validate_config
-from hcl_lightning.data import make_synthetic_scenes
+from hcl_lightning.data.synthetic import prepare_synthetic_data
 
 __all__ = ["main", "train"]
 
@@ -52,6 +51,8 @@ SUMMARY_METRICS = (
     "train/norm_object",
     "train/loss_total",
 )
+#: Validation metrics of the summary (the online probes), as ``val_<name>`` there.
+VAL_METRICS = ("val/linear_top1", "val/knn_top1")
 #: Steps averaged for the "first -> last" trend of the summary.
 TREND_STEPS = 5
 MAX_DIRNAME = 120
@@ -69,43 +70,6 @@ def _dirname(overrides: str) -> str:
 
 
 OmegaConf.register_new_resolver("hcl_dirname", _dirname, replace=True)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock on ``path`` (ranks and sweep jobs generating the same data)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: generation is deterministic, so races only cost time
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def prepare_synthetic_data(cfg: DictConfig) -> None:
-    """Generates (or reuses) the synthetic scenes of ``data.synthetic``, in place.
-
-    Fills in ``data.image_dir`` and ``data.ann_file`` and removes ``data.synthetic``, so
-    ``cfg.data`` can be instantiated as an :class:`~hcl_lightning.data.HCLDataModule`.
-    Does nothing for other data.
-    """
-    synthetic = OmegaConf.select(cfg, "data.synthetic")
-    if synthetic is None:
-        return
-    args = OmegaConf.to_container(synthetic, resolve=True)
-    root = Path(str(args.pop("root"))).expanduser().resolve()
-    with _file_lock(root.parent / f".{root.name}.lock"):
-        image_dir, ann_file = make_synthetic_scenes(root, **args)
-    with open_dict(cfg.data):
-        cfg.data.image_dir = str(image_dir)
-        cfg.data.ann_file = str(ann_file)
-        del cfg.data["synthetic"]
 
 
 class _MetricHistory(pl.Callback):
@@ -189,6 +153,9 @@ def _summary(
         for key in SUMMARY_METRICS
         if key in trainer.callback_metrics
     }
+    for key in VAL_METRICS:
+        if key in trainer.callback_metrics:
+            metrics[key.replace("/", "_")] = float(trainer.callback_metrics[key])
     checkpoint = None
     callback = trainer.checkpoint_callback
     if callback is not None:
@@ -246,6 +213,11 @@ def _print_summary(summary: dict[str, Any], lam: float) -> None:
             f"objects {summary['norm_object']:.4f} (scenes farther out than objects, as "
             f"HCL intends: {'yes' if summary['norm_scene'] > summary['norm_object'] else 'no'})"
         )
+    if "val_linear_top1" in summary and "val_knn_top1" in summary:
+        lines.append(
+            f"  validation top-1 of frozen backbone features: linear probe "
+            f"{summary['val_linear_top1']:.4f}, kNN {summary['val_knn_top1']:.4f}"
+        )
     if "data_hygiene" in summary:
         lines.append(f"  data: {summary['data_hygiene']}")
     if "nonfinite_steps" in summary:
@@ -272,8 +244,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Returns:
         The last logged value of each metric (``loss_euc``, ``loss_hyp``, ``hyp_acc1``,
-        ``norm_scene``, ``norm_object``, ``loss_total``, ...; absent when not logged, e.g.
-        the hyperbolic ones for ``hcl.lam=0``), ``objective`` (``loss_total``, or the
+        ``norm_scene``, ``norm_object``, ``loss_total``, the online probes'
+        ``val_linear_top1`` and ``val_knn_top1``, ...; absent when not logged, e.g. the
+        hyperbolic ones for ``hcl.lam=0``), ``objective`` (``loss_total``, or the
         baseline loss for ``hcl.lam=0``), ``trend`` (first/last step means), and
         ``output_dir``, ``log_dir``, ``checkpoint`` (absolute paths).
 

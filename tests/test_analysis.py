@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hcl_lightning.analysis import auroc, read_coco
-from hcl_lightning.analysis.cli import main
+from hcl_lightning.analysis.cli import compose_config, main
 from hcl_lightning.analysis.embed import AnnotatedImage
 from hcl_lightning.analysis.norms import GROUP_COLUMNS, NORM_COLUMNS, random_scene_crops
 from hcl_lightning.analysis.out_of_context import OOC_COLUMNS
@@ -40,15 +40,17 @@ def ooc_ann_file(fit, tmp_path_factory) -> Path:
 
 
 def common(fit, out: Path, ann_file: Path | None = None) -> list[str]:
+    """Overrides analysing the tiny fit's checkpoint on its images (data=coco)."""
     return [
-        "--checkpoint", str(fit.checkpoint),
-        "--image-dir", str(fit.image_dir),
-        "--ann-file", str(ann_file or fit.ann_file),
-        "--out", str(out),
-        "--image-size", "32",
-        "--batch-size", "16",
-        "--device", "cpu",
-    ]  # fmt: skip
+        f"checkpoint={fit.checkpoint}",
+        "data=coco",
+        f"data.image_dir={fit.image_dir}",
+        f"data.ann_file={ann_file or fit.ann_file}",
+        f"out={out}",
+        "image_size=32",
+        "batch_size=16",
+        "device=cpu",
+    ]
 
 
 def run(argv: list[str], capsys) -> dict[str, str]:
@@ -69,7 +71,7 @@ def n_annotations(ann_file: Path) -> int:
 
 def test_norms_command(fit, tmp_path, capsys):
     out = tmp_path / "norms"
-    printed = run(["norms", *common(fit, out), "--scene-crops", "1"], capsys)
+    printed = run(["norms", *common(fit, out), "scene_crops=1"], capsys)
     rho = float(printed["spearman_rho"])
     assert -1.0 <= rho <= 1.0
     columns, rows = read_csv(out / "norms.csv")
@@ -96,7 +98,7 @@ def test_norms_command(fit, tmp_path, capsys):
 
 def test_out_of_context_command_with_flags(fit, ooc_ann_file, tmp_path, capsys):
     out = tmp_path / "ooc"
-    printed = run(["out-of-context", *common(fit, out, ooc_ann_file), "--grid-images", "4"], capsys)
+    printed = run(["out-of-context", *common(fit, out, ooc_ann_file), "grid_images=4"], capsys)
     score = float(printed["ooc_auroc"])
     assert 0.0 <= score <= 1.0
     columns, rows = read_csv(out / "ooc_scores.csv")
@@ -122,7 +124,7 @@ def _by_image(rows):
 
 
 def test_out_of_context_without_flags_prints_no_auroc(fit, tmp_path, capsys):
-    printed = run(["out-of-context", *common(fit, tmp_path), "--max-images", "3"], capsys)
+    printed = run(["out-of-context", *common(fit, tmp_path), "max_images=3"], capsys)
     assert "ooc_auroc" not in printed
     _, rows = read_csv(tmp_path / "ooc_scores.csv")
     assert {r["out_of_context"] for r in rows} == {""}
@@ -144,10 +146,10 @@ def test_ooc_distance_is_poincare_distance_of_key_and_scene(fit):
 
 @pytest.mark.parametrize("fmt", ["npy", "pt"])
 def test_embed_command(fit, tmp_path, capsys, fmt):
-    argv = ["embed", *common(fit, tmp_path), "--format", fmt]
+    argv = ["embed", *common(fit, tmp_path), f"format={fmt}"]
     if fmt == "pt":  # without annotations: every image of the folder
-        i = argv.index("--ann-file")
-        del argv[i : i + 2]
+        argv = [a for a in argv if not a.startswith(("data=", "data.ann_file="))]
+        argv.append("data=folder")
     printed = run(argv, capsys)
     assert int(printed["n_images"]) == N_IMAGES
     if fmt == "npy":
@@ -163,16 +165,7 @@ def test_embed_command(fit, tmp_path, capsys, fmt):
 
 def test_export_command(fit, tmp_path, capsys):
     printed = run(
-        [
-            "export",
-            "--checkpoint",
-            str(fit.checkpoint),
-            "--out",
-            str(tmp_path),
-            "--format",
-            "detectron2",
-        ],
-        capsys,
+        ["export", f"checkpoint={fit.checkpoint}", f"out={tmp_path}", "format=detectron2"], capsys
     )
     assert Path(printed["out"]) == tmp_path / "backbone.pkl"
     assert (tmp_path / "backbone.pkl").is_file()
@@ -180,9 +173,9 @@ def test_export_command(fit, tmp_path, capsys):
 
 def test_missing_checkpoint_is_an_error(fit, tmp_path, capsys):
     argv = common(fit, tmp_path)
-    argv[1] = str(tmp_path / "missing.ckpt")
-    assert main(["norms", *argv]) == 1
-    assert "checkpoint not found" in capsys.readouterr().err
+    argv[0] = f"checkpoint={tmp_path / 'missing.ckpt'}"
+    assert main(["norms", *argv]) == 2
+    assert "missing.ckpt: file not found" in capsys.readouterr().err
 
 
 def test_auroc_hand_computed():
@@ -228,3 +221,143 @@ def test_console_script_help():
     assert result.returncode == 0
     for command in ("norms", "out-of-context", "embed", "export"):
         assert command in result.stdout
+
+
+# -- the Hydra command line: data=coco / data=synthetic overrides, errors, help -------
+def write_coco(root: Path) -> tuple[Path, Path]:
+    """Two 64-px images and a COCO file: 2 usable boxes (one flagged out of context), a
+    crowd box and a 3-px box (kept by the default min_box_size=1)."""
+    from PIL import Image
+
+    image_dir = root / "images"
+    image_dir.mkdir(parents=True)
+    for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+        pixels = np.full((64, 64, 3), 90, np.uint8)
+        pixels[8:40, 10:50] = colour
+        Image.fromarray(pixels).save(image_dir / f"im{i}.png")
+    boxes = [
+        (1, [10, 8, 40, 32], 0, 0),
+        (2, [5, 5, 30, 30], 0, 1),
+        (2, [0, 0, 64, 64], 1, 0),  # crowd
+        (1, [50, 50, 3, 3], 0, 0),  # smaller than data.min_box_size
+    ]
+    coco = {
+        "images": [
+            {"id": i + 1, "file_name": f"im{i}.png", "width": 64, "height": 64} for i in range(2)
+        ],
+        "annotations": [
+            {
+                "id": k + 1,
+                "image_id": image,
+                "category_id": 7,
+                "bbox": bbox,
+                "iscrowd": crowd,
+                "out_of_context": flag,
+            }
+            for k, (image, bbox, crowd, flag) in enumerate(boxes)
+        ],  # fmt: skip
+        "categories": [{"id": 7, "name": "thing"}],
+    }
+    ann_file = root / "instances.json"
+    ann_file.write_text(json.dumps(coco))
+    return image_dir, ann_file
+
+
+def test_data_coco_overrides(fit, tmp_path, capsys):
+    image_dir, ann_file = write_coco(tmp_path)
+    data = ["data=coco", f"data.image_dir={image_dir}", f"data.ann_file={ann_file}"]
+    base = [f"checkpoint={fit.checkpoint}", "device=cpu", *data, "data.object_size=40"]
+    # min_box_size follows data.min_box_size (default 1: the 3-px box would be kept)
+    assert compose_config(data).min_box_size == 1.0
+    printed = run(
+        ["out-of-context", *base, f"out={tmp_path / 'ooc'}", "data.min_box_size=4"], capsys
+    )
+    _, rows = read_csv(tmp_path / "ooc" / "ooc_scores.csv")
+    assert [(r["file_name"], r["ann_id"], r["out_of_context"]) for r in rows] == [
+        ("im0.png", "1", "0"),
+        ("im1.png", "2", "1"),
+    ]
+    assert [float(rows[0][k]) for k in ("x1", "y1", "x2", "y2")] == [10, 8, 50, 40]
+    expected = auroc([float(r["distance"]) for r in rows], [0, 1])
+    assert float(printed["ooc_auroc"]) == pytest.approx(expected, abs=1e-6)
+    # image_size defaults to data.object_size
+    run(["embed", *base, f"out={tmp_path / 'emb'}"], capsys)
+    assert json.loads((tmp_path / "emb" / "meta.json").read_text())["image_size"] == 40
+
+
+def test_data_synthetic_with_out_of_context_objects(fit, tmp_path, capsys, monkeypatch):
+    from hcl_lightning.train import prepare_synthetic_data
+    from tests.test_train_cli import compose_config as compose_train_config
+
+    monkeypatch.setenv("HCL_CACHE_DIR", str(tmp_path / "cache"))
+    data = [
+        "data.synthetic.n_images=12",
+        "data.synthetic.image_size=48",
+        "data.synthetic.contexts=true",
+        "data.synthetic.ooc_fraction=0.25",
+    ]
+    argv = [f"checkpoint={fit.checkpoint}", *data, f"out={tmp_path / 'ooc'}", "device=cpu"]
+    printed = run(["out-of-context", *argv, "image_size=32"], capsys)
+    assert 0.0 <= float(printed["ooc_auroc"]) <= 1.0
+    summary = json.loads((tmp_path / "ooc" / "ooc_scores.json").read_text())["summary"]
+    assert summary["n_images"] == 12 and summary["n_flagged"] == 3
+    # hcl-train with these overrides reuses the very dataset (same folder, not rewritten)
+    (generated,) = (tmp_path / "cache").glob("synthetic-n12-*/annotations.json")
+    stamp = generated.stat().st_mtime_ns
+    train_cfg = compose_train_config(data)
+    prepare_synthetic_data(train_cfg)
+    assert Path(train_cfg.data.ann_file) == generated and generated.stat().st_mtime_ns == stamp
+    assert "ctxTrue-ooc0.25" in generated.parent.name
+    assert n_annotations(generated) == int(printed["n_objects"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["norms"], "checkpoint is required: pass checkpoint="),
+        (["norms", "CKPT", "foo=1"], "unknown key 'foo'"),
+        (["norms", "CKPT", "+foo=1"], "unknown key 'foo'"),
+        (["norms", "CKPT", "data.foo=1"], "unknown key 'data.foo'"),
+        (["norms", "--checkpoint", "x.ckpt"], "--checkpoint: options are key=value overrides"),
+        (["norms", "CKPT", "image_size=0"], "image_size=0: must be an integer >= 1"),
+        (["norms", "CKPT", "data=coco"], "data.image_dir is required"),
+        (["norms", "CKPT", "data=folder", "data.image_dir=."], "needs object boxes"),
+        (["norms", "CKPT", "data=nope"], "Could not find 'data/nope'"),
+        (["norms", "CKPT", "data.synthetic.n_images=abc"], "data.synthetic.n_images='abc'"),
+        (
+            ["out-of-context", "CKPT", "data.synthetic.ooc_fraction=0.5"],
+            "data.synthetic.ooc_fraction=0.5 needs contexts=True",
+        ),
+        (["embed", "CKPT", "format=torchvision"], "format='torchvision': must be one of npy, pt"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(fit, capsys, argv, message):
+    argv = [f"checkpoint={fit.checkpoint}" if a == "CKPT" else a for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1 and message in captured.err
+
+
+def test_help_lists_commands_keys_and_defaults(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in ("norms", "out-of-context", "embed", "export"))
+    assert main(["norms", "--help"]) == 0
+    out = capsys.readouterr().out
+    for line in ("checkpoint=???", "scene_crops=0", "image_size=${data.object_size}",
+                 "data.synthetic.ooc_fraction=0.0"):  # fmt: skip
+        assert line in out
+    assert "grid_images" not in out
+    assert main(["export", "data=coco", "-h"]) == 0
+    out = capsys.readouterr().out
+    assert "format=null" in out and "torchvision | detectron2" in out and "data." not in out
+    assert main([]) == 2 and "usage:" in capsys.readouterr().err
+
+
+def test_every_config_key_is_documented():
+    from hcl_lightning.analysis.cli import COMMANDS, KEYS
+
+    assert set(compose_config([]).keys()) == {"data", *KEYS}
+    assert {key for command in COMMANDS.values() for key in command.keys} == set(KEYS)

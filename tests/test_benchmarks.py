@@ -17,6 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("bench_loss.py", "time ours/euclidean = "),
         ("bench_step.py", "HCL/MoCo step time = "),
         ("bench_data.py", "HCL/MoCo-v2"),
+        ("reproduce.py", "| hcl (λ=0.1) | "),
     ],
 )
 def test_quick_benchmark_prints_its_ratios(script: str, expected: str, tmp_path: Path) -> None:

@@ -1,11 +1,15 @@
 import json
+from pathlib import Path
 
+import hydra
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import hcl_lightning.conf
 from hcl_lightning.data import (
     CocoBoxSource,
     HCLDataModule,
@@ -16,6 +20,8 @@ from hcl_lightning.data import (
     make_synthetic_scenes,
 )
 from hcl_lightning.data.dataset import BAD_IMAGE_REASONS, load_image
+from hcl_lightning.data.synthetic import prepare_synthetic_data
+from tests.test_train_cli import compose_config, tiny_overrides
 
 N_IMAGES = 24
 
@@ -172,3 +178,32 @@ def test_samples_are_reproducible_with_seed_everything(synthetic):
         for key in ("scene", "object", "n_objects", "labels", "index"):
             assert torch.equal(first[key], again[key])
         assert all(torch.equal(a, b) for a, b in zip(first["views"], again["views"], strict=True))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pin_memory", "persistent_workers"),
+    [
+        ([], torch.cuda.is_available(), False),  # null: CUDA; no workers: not persistent
+        (
+            ["data.pin_memory=true", "data.persistent_workers=false", "data.num_workers=2"],
+            True,
+            False,
+        ),
+        (["data.pin_memory=false", "data.num_workers=2"], False, True),
+    ],
+)
+def test_config_sets_pin_memory_and_persistent_workers(
+    tmp_path, monkeypatch, overrides, pin_memory, persistent_workers
+):
+    monkeypatch.setenv("HCL_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = compose_config([*tiny_overrides(tmp_path), *overrides])
+    prepare_synthetic_data(cfg)
+    loader = hydra.utils.instantiate(cfg.data, _convert_="all").train_dataloader()
+    assert loader.pin_memory is pin_memory
+    assert loader.persistent_workers is persistent_workers
+
+
+@pytest.mark.parametrize("name", ["coco", "folder", "synthetic"])
+def test_data_configs_expose_loader_settings(name):
+    conf = OmegaConf.load(Path(hcl_lightning.conf.__file__).parent / "data" / f"{name}.yaml")
+    assert conf.pin_memory is None and conf.persistent_workers is True

@@ -1,136 +1,140 @@
 """``hcl-analyze``: analyses of a trained HCL checkpoint from the command line.
 
-::
+``hcl-analyze COMMAND key=value ...``: the keys are Hydra overrides of
+``hcl_lightning/conf/analyze.yaml``, whose ``data`` group is ``hcl-train``'s
+(``data=synthetic``, the default, ``data=coco`` or ``data=folder``, with the same
+``data.*`` keys)::
 
-    hcl-analyze norms --checkpoint last.ckpt --image-dir data/images \\
-        --ann-file data/annotations.json --out out/norms [--scene-crops 4]
-    hcl-analyze out-of-context --checkpoint last.ckpt --image-dir data/images \\
-        --ann-file data/annotations.json --out out/ooc
-    hcl-analyze embed --checkpoint last.ckpt --image-dir data/images [--ann-file ...] \\
-        --out out/embeddings [--format pt]
-    hcl-analyze export --checkpoint last.ckpt --out r50.pkl --format detectron2
+    hcl-analyze norms checkpoint=last.ckpt scene_crops=4      # on hcl-train's default data
+    hcl-analyze norms checkpoint=last.ckpt data=coco data.image_dir=DIR data.ann_file=FILE
+    hcl-analyze out-of-context checkpoint=last.ckpt data.synthetic.contexts=true \\
+        data.synthetic.ooc_fraction=0.2 out=out/ooc
+    hcl-analyze embed checkpoint=last.ckpt data=folder data.image_dir=DIR format=pt
+    hcl-analyze export checkpoint=last.ckpt format=detectron2 out=r50.pkl
+    hcl-analyze norms --help                                   # the command's keys
 
-Each command prints ``key=value`` lines (``spearman_rho=``, ``ooc_auroc=``, ...) that
-scripts can grep, and the files it wrote. ``python -m hcl_lightning.analysis`` is the
-same program.
+For ``data=synthetic`` the scenes are generated (or reused) exactly as ``hcl-train``
+does (:func:`~hcl_lightning.data.synthetic.prepare_synthetic_data`). Each command
+prints ``key=value`` lines (``spearman_rho=``, ``ooc_auroc=``, ...) that scripts can
+grep, and the files it wrote. An invalid key or value exits with status 2, a failed
+analysis with status 1. ``python -m hcl_lightning.analysis`` is the same program.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["build_parser", "main"]
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
 
+from hcl_lightning.config import ConfigError, _choice, _get, _number, _path
+from hcl_lightning.data.synthetic import check_context_args, prepare_synthetic_data
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path, help="Lightning .ckpt file")
-    parser.add_argument(
-        "--model-class",
-        default="hcl_lightning.baselines.HCLMoCoV2",
-        help="class that rebuilds the model from the checkpoint (package.module.Class)",
-    )
+__all__ = ["COMMANDS", "KEYS", "compose_config", "main"]
 
+PROG = "hcl-analyze"
 
-def _add_data_args(parser: argparse.ArgumentParser, ann_required: bool = True) -> None:
-    parser.add_argument("--image-dir", required=True, type=Path, help="folder of the images")
-    parser.add_argument(
-        "--ann-file",
-        required=ann_required,
-        type=Path,
-        help="COCO instances JSON" + ("" if ann_required else " (default: every image found)"),
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--image-size", type=int, default=224, help="side of the model input")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--min-box-size", type=float, default=1.0, help="smallest box side kept")
-    parser.add_argument("--max-images", type=int, default=None, help="use the first N images")
-
-
-def _add_analysis(
-    sub: argparse._SubParsersAction, name: str, help: str, ann_required: bool = True
-) -> argparse.ArgumentParser:
-    """A subcommand that runs an analysis of a model on images: model and data arguments."""
-    parser = sub.add_parser(name, help=help)
-    _add_model_args(parser)
-    _add_data_args(parser, ann_required=ann_required)
-    return parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hcl-analyze",
-        description="Analyses of a Hyperbolic Contrastive Learning checkpoint.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    norms = _add_analysis(sub, "norms", "ball norm vs. number of objects (HCL Figure 3)")
-    norms.add_argument("--scene-crops", type=int, default=0, help="random crops per image")
-    norms.add_argument("--seed", type=int, default=0, help="seed of the scene crops")
-
-    ooc = _add_analysis(
-        sub, "out-of-context", "object-to-scene hyperbolic distances (HCL Figure 5)"
-    )
-    ooc.add_argument("--object-size", type=int, default=None, help="default: --image-size")
-    ooc.add_argument("--grid-images", type=int, default=16, help="images drawn in the grid")
-
-    embed = _add_analysis(
-        sub, "embed", "Euclidean and ball embeddings of whole images", ann_required=False
-    )
-    embed.add_argument("--format", choices=("npy", "pt"), default="npy")
-
-    export = sub.add_parser("export", help="backbone weights for torchvision or detectron2")
-    _add_model_args(export)
-    export.add_argument(
-        "--out", required=True, type=Path, help="output file (or folder: default name)"
-    )
-    export.add_argument("--format", choices=("torchvision", "detectron2"), default="torchvision")
-    export.add_argument("--encoder", choices=("online", "momentum"), default="online")
-    return parser
+#: The analysis keys of ``analyze.yaml`` (besides ``data``) and what they mean.
+KEYS = {
+    "checkpoint": "Lightning .ckpt file (required)",
+    "model_class": "class that rebuilds the model (package.module.Class)",
+    "out": "output folder (export: file or folder); null: analysis/<command>",
+    "image_size": "side of the model input",
+    "batch_size": "images per forward pass",
+    "num_workers": "DataLoader workers",
+    "device": "auto, cpu, cuda, cuda:1, ...",
+    "min_box_size": "smallest box side kept, in pixels",
+    "max_images": "analyse only the first N images; null: all",
+    "seed": "seed of the scene crops (and of the data config)",
+    "scene_crops": "random scene crops per image",
+    "object_size": "side of the object crops; null: image_size",
+    "grid_images": "images drawn in ooc_grid.png",
+    "format": "output format",
+    "encoder": "encoder exported: online or momentum",
+}
+_KNOWN = (
+    f"keys: {', '.join(KEYS)}; data=synthetic|coco|folder and its data.* keys "
+    f"({PROG} COMMAND --help lists them)"
+)
+#: Integer keys: (smallest value, whether null is allowed).
+INTEGER_KEYS = {
+    "image_size": (1, False),
+    "batch_size": (1, False),
+    "num_workers": (0, False),
+    "max_images": (1, True),
+    "seed": (0, False),
+    "scene_crops": (0, False),
+    "object_size": (1, True),
+    "grid_images": (0, False),
+}
+#: Integer keys of ``data.synthetic``: (key, smallest value, meaning).
+SYNTHETIC_KEYS = (
+    ("n_images", 1, "images generated"),
+    ("image_size", 32, "side of the generated images"),
+    ("max_objects", 1, "objects per generated image"),
+)
+#: Keys of every command that analyses images.
+IMAGE_KEYS = (
+    "checkpoint",
+    "model_class",
+    "out",
+    "image_size",
+    "batch_size",
+    "num_workers",
+    "device",
+    "min_box_size",
+    "max_images",
+)
 
 
 def _fmt(value: float | None) -> str:
     return "nan" if value is None or not math.isfinite(value) else f"{value:.6f}"
 
 
-def _images(args: argparse.Namespace) -> list:
+def _out(cfg: DictConfig, command: str) -> Path:
+    return Path(str(cfg.out)) if cfg.out is not None else Path("analysis") / command
+
+
+def _images(cfg: DictConfig) -> list:
+    """The images of ``cfg.data`` (generated first for ``data=synthetic``)."""
     from hcl_lightning.analysis.embed import read_coco, read_folder
 
-    if args.ann_file is not None:
-        images = read_coco(args.image_dir, args.ann_file, min_box_size=args.min_box_size)
+    prepare_synthetic_data(cfg)
+    ann_file = OmegaConf.select(cfg, "data.ann_file")
+    if ann_file is not None:
+        images = read_coco(cfg.data.image_dir, ann_file, min_box_size=cfg.min_box_size)
     else:
-        images = read_folder(args.image_dir)
-    if args.max_images is not None:
-        images = images[: args.max_images]
+        images = read_folder(cfg.data.image_dir)
+    if cfg.max_images is not None:
+        images = images[: cfg.max_images]
     if not images:
-        raise SystemExit(f"hcl-analyze: no images found in {args.image_dir}")
+        raise FileNotFoundError(f"no images found in {cfg.data.image_dir}")
     return images
 
 
-def _model(args: argparse.Namespace):
+def _analyse(cfg: DictConfig, command: str, analysis, **kwargs) -> dict:
+    """``analysis`` of the checkpoint's model on the images of ``cfg.data``.
+
+    Passes the output folder, the shared keys (``image_size``, ``batch_size``,
+    ``num_workers``) and ``kwargs``; returns what ``analysis`` returns.
+    """
     from hcl_lightning.analysis.embed import load_model
 
-    return load_model(args.checkpoint, args.model_class, device=args.device)
-
-
-def _analyse(args: argparse.Namespace, analysis, **kwargs) -> dict:
-    """``analysis`` of the checkpoint's model on the images of ``args``, into ``args.out``.
-
-    Passes the shared data arguments (``image_size``, ``batch_size``, ``num_workers``)
-    and ``kwargs``; returns what ``analysis`` returns.
-    """
+    images = _images(cfg)
+    model = load_model(cfg.checkpoint, cfg.model_class, device=cfg.device)
     return analysis(
-        _model(args),
-        _images(args),
-        args.out,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
+        model,
+        images,
+        _out(cfg, command),
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
         **kwargs,
     )
 
@@ -140,23 +144,24 @@ def _print_values(result: dict, keys: Sequence[str]) -> None:
         print(f"{key}={result[key]}")
 
 
-def _run_norms(args: argparse.Namespace) -> None:
+def _run_norms(cfg: DictConfig) -> None:
     from hcl_lightning.analysis.norms import norms_vs_objects
 
-    result = _analyse(args, norms_vs_objects, scene_crops=args.scene_crops, seed=args.seed)
+    result = _analyse(cfg, "norms", norms_vs_objects, scene_crops=cfg.scene_crops, seed=cfg.seed)
     print(f"spearman_rho={_fmt(result['spearman_rho'])}")
     print(f"spearman_p={_fmt(result['spearman_p'])}")
     _print_values(result, ("n_items", "norms_csv", "groups_csv", "plot"))
 
 
-def _run_ooc(args: argparse.Namespace) -> None:
+def _run_ooc(cfg: DictConfig) -> None:
     from hcl_lightning.analysis.out_of_context import out_of_context_scores
 
     result = _analyse(
-        args,
+        cfg,
+        "out-of-context",
         out_of_context_scores,
-        object_size=args.object_size,
-        max_grid_images=args.grid_images,
+        object_size=cfg.object_size,
+        max_grid_images=cfg.grid_images,
     )
     if result["ooc_auroc"] is not None:
         print(f"ooc_auroc={_fmt(result['ooc_auroc'])}")
@@ -165,48 +170,230 @@ def _run_ooc(args: argparse.Namespace) -> None:
     _print_values(result, ("csv", "json", "grid"))
 
 
-def _run_embed(args: argparse.Namespace) -> None:
+def _run_embed(cfg: DictConfig) -> None:
     from hcl_lightning.analysis.embed import embed_dataset
 
-    meta = _analyse(args, embed_dataset, fmt=args.format)
+    meta = _analyse(cfg, "embed", embed_dataset, fmt=cfg.format or "npy")
     _print_values(meta, ("n_images", "feature_dim", "ball_dim"))
-    print(f"out={args.out}")
+    print(f"out={_out(cfg, 'embed')}")
 
 
-def _run_export(args: argparse.Namespace) -> None:
+def _run_export(cfg: DictConfig) -> None:
     from hcl_lightning.export import export_detectron2, export_torchvision
 
-    out = args.out
+    fmt = cfg.format or "torchvision"
+    out = _out(cfg, "export")
     if out.is_dir() or not out.suffix:
-        name = "backbone_torchvision.pth" if args.format == "torchvision" else "backbone.pkl"
-        out = out / name
-    if args.format == "torchvision":
-        n = len(export_torchvision(args.checkpoint, out, encoder=args.encoder))
+        out = out / ("backbone_torchvision.pth" if fmt == "torchvision" else "backbone.pkl")
+    if fmt == "torchvision":
+        n = len(export_torchvision(cfg.checkpoint, out, encoder=cfg.encoder))
     else:
-        n = len(export_detectron2(args.checkpoint, out, encoder=args.encoder)["model"])
+        n = len(export_detectron2(cfg.checkpoint, out, encoder=cfg.encoder)["model"])
     print(f"n_tensors={n}")
     print(f"out={out}")
 
 
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: what it runs, its help line, the keys it reads, the ``format``
+    values it accepts (the first is the default), and whether it needs images
+    (``data``) and their object boxes (an annotation file)."""
+
+    run: Callable[[DictConfig], None]
+    help: str
+    keys: tuple[str, ...]
+    formats: tuple[str, ...] = ()
+    images: bool = True
+    boxes: bool = True
+
+
 COMMANDS = {
-    "norms": _run_norms,
-    "out-of-context": _run_ooc,
-    "embed": _run_embed,
-    "export": _run_export,
+    "norms": Command(
+        _run_norms,
+        "ball norm vs. number of objects (HCL Figure 3); prints spearman_rho=",
+        (*IMAGE_KEYS, "scene_crops", "seed"),
+    ),
+    "out-of-context": Command(
+        _run_ooc,
+        "object-to-scene hyperbolic distances (HCL Figure 5); prints ooc_auroc=",
+        (*IMAGE_KEYS, "object_size", "grid_images"),
+    ),
+    "embed": Command(
+        _run_embed,
+        "Euclidean and ball embeddings of whole images",
+        (*IMAGE_KEYS, "format"),
+        formats=("npy", "pt"),
+        boxes=False,
+    ),
+    "export": Command(
+        _run_export,
+        "backbone weights for torchvision or detectron2 (no data needed)",
+        ("checkpoint", "model_class", "out", "format", "encoder"),
+        formats=("torchvision", "detectron2"),
+        images=False,
+    ),
 }
+
+
+def compose_config(overrides: Sequence[str]) -> DictConfig:
+    """``hcl_lightning/conf/analyze.yaml`` composed with Hydra ``overrides``."""
+    with initialize_config_module(config_module="hcl_lightning.conf", version_base=None):
+        return compose("analyze", overrides=list(overrides))
+
+
+def _check(cfg: DictConfig, command: Command) -> None:
+    """Raises :class:`ConfigError` for the first key of ``command`` that cannot work."""
+    unknown = sorted(set(cfg.keys()) - {"data", *KEYS})
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r}; {_KNOWN}")
+    _path(cfg, "checkpoint", directory=False, optional=False)
+    if "format" in command.keys and _get(cfg, "format") is not None:
+        _choice(cfg, "format", command.formats, f"null means {command.formats[0]}")
+    if "encoder" in command.keys:
+        _choice(cfg, "encoder", ("online", "momentum"), "encoder exported")
+    if not command.images:
+        return
+    for key, (low, nullable) in INTEGER_KEYS.items():
+        if key not in command.keys or (nullable and _get(cfg, key) is None):
+            continue
+        allowed = f">= {low}" + (" or null" if nullable else "")
+        _number(cfg, key, allowed, lambda v, low=low: v >= low, KEYS[key], integer=True)
+    _number(cfg, "min_box_size", ">= 0", lambda v: v >= 0, KEYS["min_box_size"])
+    from hcl_lightning.analysis.embed import resolve_device
+
+    try:
+        resolve_device(str(_get(cfg, "device")))
+    except RuntimeError as error:
+        raise ConfigError(f"device={cfg.device!r}: {error}") from None
+    if OmegaConf.select(cfg, "data.synthetic") is not None:
+        for key, low, what in SYNTHETIC_KEYS:
+            ok = lambda v, low=low: v >= low  # noqa: E731
+            _number(cfg, f"data.synthetic.{key}", f">= {low}", ok, what, integer=True)
+        synthetic = cfg.data.synthetic
+        try:
+            check_context_args(
+                synthetic.get("contexts", False),
+                synthetic.get("ooc_fraction", 0.0),
+                synthetic.max_objects,
+            )
+        except ValueError as error:
+            raise ConfigError(f"data.synthetic.{error}") from None
+        return  # generated: image_dir and ann_file are filled in later
+    _path(cfg, "data.image_dir", directory=True, optional=False)
+    if "ann_file" in cfg.data:
+        _path(cfg, "data.ann_file", directory=False, optional=True)
+    if command.boxes and OmegaConf.select(cfg, "data.ann_file") is None:
+        raise ConfigError(
+            "data.ann_file is not set: this command needs object boxes; use data=coco "
+            "data.image_dir=DIR data.ann_file=FILE, or data=synthetic"
+        )
+
+
+def _flat(node: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """``(dotted key, value as on the command line)`` of the leaves of ``node``, without
+    ``_target_``-like keys; values are unresolved (``${...}``)."""
+    items = []
+    for key, value in node.items():
+        if str(key).startswith("_"):
+            continue
+        if isinstance(value, dict):
+            items += _flat(value, f"{prefix}{key}.")
+        else:
+            shown = "null" if value is None else str(value)
+            items.append((f"{prefix}{key}", shown.lower() if isinstance(value, bool) else shown))
+    return items
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [
+        f"usage: {PROG} COMMAND [key=value ...]",
+        "",
+        "Analyses of a Hyperbolic Contrastive Learning checkpoint. The keys are Hydra",
+        "overrides of hcl_lightning/conf/analyze.yaml; data=synthetic (default), coco or",
+        "folder chooses hcl-train's data group, with the same data.* keys.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()),
+        "",
+        "examples:",
+        f"  {PROG} norms checkpoint=CKPT data=coco data.image_dir=DIR data.ann_file=FILE",
+        f"  {PROG} out-of-context checkpoint=CKPT data.synthetic.contexts=true "
+        "data.synthetic.ooc_fraction=0.2",
+        f"  {PROG} embed checkpoint=CKPT data=folder data.image_dir=DIR format=pt",
+        f"  {PROG} export checkpoint=CKPT format=detectron2 out=r50.pkl",
+        "",
+        f"'{PROG} COMMAND --help' lists the command's keys and their defaults.",
+    ]
+    return "\n".join(lines)
+
+
+def _command_help(name: str, overrides: Sequence[str]) -> str:
+    """The keys of command ``name`` and of the chosen data group, with their values."""
+    command = COMMANDS[name]
+    cfg = OmegaConf.to_container(compose_config(overrides), resolve=False)
+    values = dict(_flat(cfg))
+    rows = [(f"{key}={values[key]}", KEYS[key]) for key in command.keys]
+    if command.formats:
+        formats = f"{KEYS['format']}: {' | '.join(command.formats)} (null: {command.formats[0]})"
+        rows = [(key, formats if key.startswith("format=") else text) for key, text in rows]
+    width = max(len(k) for k, _ in rows)
+    lines = [
+        f"usage: {PROG} {name} checkpoint=CKPT [key=value ...]",
+        "",
+        command.help,
+        "",
+        "keys (current values):",
+        *(f"  {key:<{width}}  {text}" for key, text in rows),
+    ]
+    if command.images:
+        data = [f"  {key}={value}" for key, value in _flat(cfg["data"], "data.")]
+        lines += ["", "data (data=synthetic | coco | folder, as in hcl-train):", *data]
+    return "\n".join(lines)
+
+
+def _one_line(error: BaseException) -> str:
+    """A config or Hydra error as one line (unknown keys named as such)."""
+    if isinstance(error.__cause__, ConfigAttributeError):  # override of a missing key
+        error = ConfigError(f"unknown key {error.__cause__.full_key!r}; {_KNOWN}")
+    text = str(error).split("Config search path")[0]  # Hydra's "no such option" tail
+    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``hcl-analyze``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    for name in ("image_size", "batch_size"):
-        if getattr(args, name, 1) < 1:
-            print(f"hcl-analyze: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
-            return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    name, overrides = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(
+            f"{PROG}: error: unknown command {name!r}; choose from {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
+    help_requested = any(arg in ("-h", "--help") for arg in overrides)
+    overrides = [arg for arg in overrides if arg not in ("-h", "--help")]
     try:
-        COMMANDS[args.command](args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"hcl-analyze {args.command}: error: {err}", file=sys.stderr)
+        flags = [arg for arg in overrides if arg.startswith("-")]
+        if flags:
+            raise ConfigError(
+                f"{flags[0]}: options are key=value overrides now, e.g. checkpoint=PATH "
+                f"data=coco data.image_dir=DIR (see {PROG} {name} --help)"
+            )
+        if help_requested:
+            print(_command_help(name, overrides))
+            return 0
+        cfg = compose_config(overrides)
+        _check(cfg, COMMANDS[name])
+    except (ConfigError, HydraException, OmegaConfBaseException) as error:
+        print(f"{PROG} {name}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    try:
+        COMMANDS[name].run(cfg)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"{PROG} {name}: error: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from lightly.transforms.torchvision_v2_compatibility import torchvision_transforms as T
-from lightly.transforms.utils import IMAGENET_NORMALIZE
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from hcl_lightning.data.boxes import _load_json, list_images, sanitize_boxes
 from hcl_lightning.data.dataset import load_image
+from hcl_lightning.data.eval_crops import eval_transform
 
 __all__ = [
     "DEFAULT_MODEL_CLASS",
@@ -181,17 +180,6 @@ def read_folder(image_dir: str | Path) -> list[AnnotatedImage]:
         AnnotatedImage(path=p, file_name=str(p.relative_to(image_dir)), image_id=i)
         for i, p in enumerate(list_images(image_dir))
     ]
-
-
-def eval_transform(size: int) -> T.Compose:
-    """Resize to ``size x size``, tensor, ImageNet normalisation (as in training)."""
-    return T.Compose(
-        [
-            T.Resize((size, size)),
-            T.ToTensor(),
-            T.Normalize(mean=IMAGENET_NORMALIZE["mean"], std=IMAGENET_NORMALIZE["std"]),
-        ]
-    )
 
 
 class CropDataset(Dataset):

@@ -9,7 +9,9 @@ single place that defines the hyperparameters, and cooperative ``super()`` chain
 A subclass must define ``self.hparams`` entries ``lr``, ``weight_decay``,
 ``sgd_momentum``, ``batch_size``, ``momentum``, ``warmup_epochs`` (and optionally
 ``warmup_steps``) and make its momentum encoder with :meth:`add_momentum_copies` (or
-extend :meth:`momentum_pairs`).
+extend :meth:`momentum_pairs`). Optional ``hparams`` entries ``channels_last``,
+``compile_backbone`` and ``compile_mode`` (check them with :func:`check_speed_options`)
+turn on the speed options applied in :meth:`MomentumBaseline.configure_model`.
 """
 
 from __future__ import annotations
@@ -17,16 +19,68 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
+from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.utilities import rank_zero_warn
-from torch import nn
+from torch import Tensor, nn
 
 #: Reference batch size of the linear scaling rule (Goyal et al. 2017; MoCo: 0.03 / 256).
 REFERENCE_BATCH_SIZE = 256
+
+#: ``compile_mode`` values (``torch.compile``'s ``mode``; inductor backend only).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_backend(compile_backbone: bool | str) -> str | None:
+    """The ``torch.compile`` backend ``compile_backbone`` asks for; ``None``: no compile.
+
+    ``False``: none; ``True``: ``"inductor"`` (torch's default); a string: that backend.
+    """
+    if compile_backbone is True:
+        return "inductor"
+    return compile_backbone or None
+
+
+def check_speed_options(
+    channels_last: bool, compile_backbone: bool | str, compile_mode: str | None
+) -> None:
+    """Raises ``ValueError``, naming the argument, for a speed option that cannot work.
+
+    Args:
+        channels_last: ``True`` or ``False``.
+        compile_backbone: ``False``, ``True`` or a backend of
+            ``torch.compiler.list_backends(exclude_tags=())`` (``"inductor"``,
+            ``"aot_eager"``, ``"eager"``, ``"cudagraphs"``, ...).
+        compile_mode: ``None`` or one of :data:`COMPILE_MODES`; inductor only.
+    """
+    if not isinstance(channels_last, bool):
+        raise ValueError(f"channels_last={channels_last!r}: must be true or false")
+    backends = torch.compiler.list_backends(exclude_tags=())
+    if not isinstance(compile_backbone, bool) and compile_backbone not in backends:
+        raise ValueError(
+            f"compile_backbone={compile_backbone!r}: must be false, true (inductor) or a "
+            f"torch.compile backend: {', '.join(backends)}"
+        )
+    if compile_mode is None:
+        return
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(
+            f"compile_mode={compile_mode!r}: must be null or one of {', '.join(COMPILE_MODES)}"
+        )
+    if compile_backend(compile_backbone) != "inductor":
+        raise ValueError(
+            f"compile_mode={compile_mode!r} needs compile_backbone=true or 'inductor' "
+            f"(got {compile_backbone!r}): modes are options of the inductor backend"
+        )
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 
 def scale_lr(base_lr: float, batch_size: int, world_size: int = 1, accumulate: int = 1) -> float:
@@ -105,6 +159,46 @@ class MomentumBaseline(pl.LightningModule):
         for online, ema in self.momentum_pairs():
             update_momentum(online, ema, m=m)
         return m
+
+    # -- speed options ----------------------------------------------------------------
+    def compile_targets(self) -> list[nn.Module]:
+        """Modules compiled with ``compile_backbone``: ``backbone`` and ``backbone_momentum``.
+
+        Subclasses whose steps call parts of the backbone rather than its ``forward``
+        return those parts instead.
+        """
+        return [getattr(self, n) for n in ("backbone", "backbone_momentum") if hasattr(self, n)]
+
+    def configure_model(self) -> None:
+        """Applies the speed options of ``hparams`` once (Lightning calls this in every fit).
+
+        * ``channels_last``: every 4-d parameter and buffer (convolution weights) is
+          converted to ``torch.channels_last``; input images follow in
+          :meth:`on_after_batch_transfer`. The values do not change, only their layout.
+        * ``compile_backbone`` / ``compile_mode``: each module of
+          :meth:`compile_targets` is compiled in place with
+          :meth:`torch.nn.Module.compile`, so the module stays what it was and its
+          ``state_dict`` keeps its keys (``torch.compile(module)`` would return a
+          wrapper whose keys start with ``_orig_mod.``). Compilation happens on the
+          first call; EMA updates and checkpoints see the same parameters.
+        """
+        super().configure_model()
+        if getattr(self, "_speed_options_applied", False):
+            return
+        if self.hparams.get("channels_last", False):
+            self.to(memory_format=torch.channels_last)
+        backend = compile_backend(self.hparams.get("compile_backbone", False))
+        if backend is not None:
+            for module in self.compile_targets():
+                module.compile(backend=backend, mode=self.hparams.get("compile_mode"))
+        self._speed_options_applied = True
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``channels_last``, every 4-d tensor of the batch in ``channels_last``."""
+        batch = super().on_after_batch_transfer(batch, dataloader_idx)
+        if self.hparams.get("channels_last", False):
+            batch = apply_to_collection(batch, Tensor, _channels_last)
+        return batch
 
     # -- logging --------------------------------------------------------------------
     def check_batch_size(self, batch_size: int, batch_idx: int) -> None:

@@ -17,7 +17,7 @@ from lightly.models.utils import select_most_similar
 from torch import Tensor, nn
 
 from hcl_lightning.baselines.backbones import build_resnet
-from hcl_lightning.baselines.base import MomentumBaseline
+from hcl_lightning.baselines.base import MomentumBaseline, check_speed_options
 from hcl_lightning.distributed import shuffle_bn
 from hcl_lightning.mixin import HCLMixin
 from hcl_lightning.queues import persistent_bank
@@ -106,6 +106,11 @@ class DenseCL(MomentumBaseline):
         batch_size: per-device batch size, used for the lr scaling.
         warmup_epochs: epochs of linear lr warm-up.
         warmup_steps: optimiser steps of linear lr warm-up (overrides ``warmup_epochs``).
+        channels_last: convert the model and the input images to
+            ``torch.channels_last`` (see :meth:`MomentumBaseline.configure_model`).
+        compile_backbone: compile the layers of the online and momentum ResNets in
+            place: ``False``, ``True`` (inductor) or a ``torch.compile`` backend name.
+        compile_mode: ``torch.compile`` mode (inductor only), e.g. ``"max-autotune"``.
 
     Examples:
         >>> model = DenseCL(backbone="resnet50", batch_size=32)
@@ -131,10 +136,14 @@ class DenseCL(MomentumBaseline):
         batch_size: int = 256,
         warmup_epochs: int = 0,
         warmup_steps: int = 0,
+        channels_last: bool = False,
+        compile_backbone: bool | str = False,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= dense_lambda <= 1.0:
             raise ValueError(f"dense_lambda must be in [0, 1], got {dense_lambda}")
+        check_speed_options(channels_last, compile_backbone, compile_mode)
         self.save_hyperparameters()
 
         self.backbone, self.feat_dim = build_resnet(backbone, small_input=small_input)
@@ -155,6 +164,17 @@ class DenseCL(MomentumBaseline):
         )
 
     # -- encoders -------------------------------------------------------------------
+    def compile_targets(self) -> list[nn.Module]:
+        """The layers with parameters of both ResNets (stem convolution and BatchNorm,
+        ``layer1`` .. ``layer4``): :func:`resnet_feature_map` calls them, not the ResNet's
+        ``forward``."""
+        return [
+            layer
+            for resnet in super().compile_targets()
+            for layer in resnet.children()
+            if next(layer.parameters(), None) is not None
+        ]
+
     @staticmethod
     def _encode(
         backbone: nn.Module, head: nn.Module, dense_head: nn.Module, x: Tensor

@@ -13,7 +13,7 @@ from lightly.models.modules import MoCoProjectionHead
 from torch import Tensor
 
 from hcl_lightning.baselines.backbones import build_resnet
-from hcl_lightning.baselines.base import MomentumBaseline
+from hcl_lightning.baselines.base import MomentumBaseline, check_speed_options
 from hcl_lightning.distributed import shuffle_bn
 from hcl_lightning.mixin import HCLMixin
 from hcl_lightning.queues import persistent_bank
@@ -56,6 +56,11 @@ class MoCoV2(MomentumBaseline):
         warmup_epochs: epochs of linear lr warm-up (0: none, as in MoCo-v2).
         warmup_steps: optimiser steps of linear lr warm-up; overrides
             ``warmup_epochs`` when > 0.
+        channels_last: convert the model and the input images to
+            ``torch.channels_last`` (see :meth:`MomentumBaseline.configure_model`).
+        compile_backbone: compile the online and momentum backbones in place:
+            ``False``, ``True`` (inductor) or a ``torch.compile`` backend name.
+        compile_mode: ``torch.compile`` mode (inductor only), e.g. ``"max-autotune"``.
 
     Examples:
         >>> model = MoCoV2(backbone="resnet18", small_input=True, batch_size=256)
@@ -80,8 +85,12 @@ class MoCoV2(MomentumBaseline):
         batch_size: int = 256,
         warmup_epochs: int = 0,
         warmup_steps: int = 0,
+        channels_last: bool = False,
+        compile_backbone: bool | str = False,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
+        check_speed_options(channels_last, compile_backbone, compile_mode)
         self.save_hyperparameters()
 
         self.backbone, self.feat_dim = build_resnet(backbone, small_input=small_input)
@@ -117,25 +126,71 @@ class MoCoV2(MomentumBaseline):
         """
 
         def encoder(x: Tensor) -> Tensor:
-            return self.projection_head_momentum(self.backbone_momentum(x).flatten(start_dim=1))
+            return self.projection_head_momentum(self._momentum_features(x))
 
         return shuffle_bn(encoder, x).detach()
+
+    def _momentum_features(self, x: Tensor) -> Tensor:
+        return self.backbone_momentum(x).flatten(start_dim=1)
 
     # -- training ---------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
         """One MoCo-v2 step on a lightly-style batch ``((x0, x1), labels, names)``."""
+        return self._step(batch, batch_idx)[0]
+
+    def hcl_batched_step(
+        self, batch, batch_idx: int, query_extra: Tensor, key_extra: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`training_step` with extra crops in the same two encoder passes.
+
+        The hook of :class:`~hcl_lightning.HCLMixin`'s ``hcl_batched_forward``: one
+        online backbone pass on ``cat[x0, x1, query_extra]`` and one momentum backbone
+        pass, with shuffle-BN, on ``cat[x0, x1, key_extra]`` replace the four view
+        passes of :meth:`training_step` and the mixin's two extra passes. Loss, queue
+        updates, EMA update and logging are those of :meth:`training_step`; the
+        projection heads (MLPs without BatchNorm) run on the view rows only. In train
+        mode BatchNorm normalises the views together with the extra crops, so the
+        result differs from the separate passes; in eval mode it is the same.
+
+        Args:
+            batch: lightly-style batch ``((x0, x1), labels, names)``.
+            batch_idx: index of the batch.
+            query_extra: ``(M, 3, H, W)`` crops for the online encoder (HCL: scenes),
+                of the views' shape.
+            key_extra: ``(M', 3, H, W)`` crops for the momentum encoder (HCL: objects).
+
+        Returns:
+            ``(loss, query_features, key_features)``: the MoCo-v2 loss, the online
+            backbone features ``(M, feat_dim)`` of ``query_extra`` (with gradient) and
+            the momentum backbone features ``(M', feat_dim)`` of ``key_extra``
+            (without).
+        """
+        return self._step(batch, batch_idx, (query_extra, key_extra))
+
+    def _step(self, batch, batch_idx: int, extra: tuple[Tensor, Tensor] | None = None):
+        """``(loss, *extra features)`` of a MoCo-v2 step; see :meth:`hcl_batched_step`."""
         views = batch[0]
         x0, x1 = views[0], views[1]
-        self.check_batch_size(x0.shape[0], batch_idx)
+        n = x0.shape[0]
+        self.check_batch_size(n, batch_idx)
         m = self.update_momentum_encoders()
 
-        q0, q1 = self.forward(x0), self.forward(x1)
-        k0, k1 = self.forward_momentum(x0), self.forward_momentum(x1)
+        if extra is None:
+            q0, q1 = self.forward(x0), self.forward(x1)
+            k0, k1 = self.forward_momentum(x0), self.forward_momentum(x1)
+            extra_features = ()
+        else:
+            query_features = self.backbone(torch.cat([x0, x1, extra[0]])).flatten(start_dim=1)
+            key_features = shuffle_bn(self._momentum_features, torch.cat([x0, x1, extra[1]]))
+            q0, q1 = self.projection_head(query_features[: 2 * n]).split(n)
+            with torch.no_grad():
+                k0, k1 = self.projection_head_momentum(key_features[: 2 * n]).split(n)
+            extra_features = (query_features[2 * n :], key_features[2 * n :])
         loss = 0.5 * (self.criterion_a(q0, k1) + self.criterion_b(q1, k0))
 
-        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=x0.shape[0])
-        self.log_schedules(m, batch_size=x0.shape[0])
-        return loss
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=n)
+        self.log_schedules(m, batch_size=n)
+        return (loss, *extra_features)
 
 
 class HCLMoCoV2(HCLMixin, MoCoV2):

@@ -11,6 +11,7 @@ from hcl_lightning.data.boxes import (
 from hcl_lightning.data.crops import CropSpec, SceneObjectSampler
 from hcl_lightning.data.datamodule import HCLDataModule
 from hcl_lightning.data.dataset import BAD_IMAGE_REASONS, HCLDataset, decode_image
+from hcl_lightning.data.eval_crops import LabelledCropDataset
 from hcl_lightning.data.hygiene import DataHygieneMonitor
 from hcl_lightning.data.selective_search import SelectiveSearchBoxSource
 from hcl_lightning.data.synthetic import make_synthetic_scenes
@@ -27,6 +28,7 @@ __all__ = [
     "HCLTransform",
     "ImageRecord",
     "JsonBoxSource",
+    "LabelledCropDataset",
     "RandomBoxSource",
     "SceneObjectSampler",
     "SelectiveSearchBoxSource",

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from hcl_lightning.data.boxes import BOX_METHODS, BoxSource, build_box_source
+from hcl_lightning.data.boxes import (
+    BOX_METHODS,
+    BoxSource,
+    CocoBoxSource,
+    ImageRecord,
+    build_box_source,
+)
 from hcl_lightning.data.crops import SceneObjectSampler
 from hcl_lightning.data.dataset import DEFAULT_MAX_IMAGE_PIXELS, HCLDataset
+from hcl_lightning.data.eval_crops import LabelledCropDataset, collate_crops
 from hcl_lightning.data.transforms import HCLTransform
+
+#: Third seed word of the validation hold-out, ``(seed, n_images, VAL_SPLIT_STREAM)``: a
+#: stream apart from the random boxes' ``(seed, index)`` of every image.
+VAL_SPLIT_STREAM = 1
 
 
 def _check_at_least(name: str, value: float, low: float) -> None:
@@ -37,6 +50,16 @@ class HCLDataModule(pl.LightningDataModule):
     :class:`~hcl_lightning.data.HCLDataset`. Under DDP, Lightning replaces the
     shuffling sampler with a distributed one; for reproducible shuffling and crops,
     call ``pytorch_lightning.seed_everything``.
+
+    **Validation.** With class labels (COCO boxes) and either ``val_fraction > 0`` (a
+    seeded hold-out of that fraction of the images, removed from training) or a
+    separate ``val_image_dir`` + ``val_ann_file``, :meth:`val_dataloader` yields
+    ``(crops, labels)`` batches of every labelled box of the validation images
+    (:class:`~hcl_lightning.data.LabelledCropDataset`: the box resized to
+    ``object_size``, no augmentation), for the online probes
+    (:class:`~hcl_lightning.probes.OnlineProbes`). Otherwise it returns ``[]`` (no
+    validation). The validation loader draws its workers' seed from its own
+    generator, so validating does not change the random state training uses.
 
     Args:
         image_dir: Folder of the images.
@@ -65,11 +88,20 @@ class HCLDataModule(pl.LightningDataModule):
             ``pip install "hcl-lightning[selective-search]"``).
         selective_search: Keyword arguments of ``SelectiveSearchBoxSource``
             (``cache_file``, ``max_boxes``, ``min_size``, ``mode``, ``max_side``...).
+        val_fraction: Fraction of the images, in [0, 1), held out for validation
+            (chosen with ``seed``; ignored, with a log line, when the boxes have no
+            classes).
+        val_image_dir: Folder of separate validation images (with ``val_ann_file``).
+        val_ann_file: COCO instances JSON of the validation images; its categories
+            must be those of ``ann_file``.
 
     Raises:
-        FileNotFoundError: If ``image_dir``, ``ann_file`` or ``proposals`` is missing.
+        FileNotFoundError: If ``image_dir``, ``ann_file``, ``proposals``,
+            ``val_image_dir`` or ``val_ann_file`` is missing.
         ValueError: If a numeric argument is out of range, both ``ann_file`` and
-            ``proposals`` are given, or ``box_method`` is unknown.
+            ``proposals`` are given, ``box_method`` is unknown, only one of
+            ``val_image_dir`` and ``val_ann_file`` is given, or they are given with
+            ``val_fraction > 0``.
 
     Examples:
         >>> datamodule = HCLDataModule("data/images", ann_file="data/annotations.json")
@@ -98,13 +130,30 @@ class HCLDataModule(pl.LightningDataModule):
         seed: int = 0,
         box_method: str = "random",
         selective_search: dict | None = None,
+        val_fraction: float = 0.0,
+        val_image_dir: str | Path | None = None,
+        val_ann_file: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.image_dir = _check_file("image_dir", image_dir, directory=True)
         self.ann_file = _check_file("ann_file", ann_file)
         self.proposals = _check_file("proposals", proposals)
+        self.val_image_dir = _check_file("val_image_dir", val_image_dir, directory=True)
+        self.val_ann_file = _check_file("val_ann_file", val_ann_file)
         if ann_file is not None and proposals is not None:
             raise ValueError("give at most one of ann_file and proposals, not both")
+        if (val_image_dir is None) != (val_ann_file is None):
+            raise ValueError(
+                "give both val_image_dir and val_ann_file (COCO instances JSON) or neither, "
+                f"got val_image_dir={val_image_dir!r}, val_ann_file={val_ann_file!r}"
+            )
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if val_fraction > 0 and val_image_dir is not None:
+            raise ValueError(
+                f"give val_fraction={val_fraction} (a hold-out of the training images) or "
+                "val_image_dir/val_ann_file (separate images), not both"
+            )
         if box_method not in BOX_METHODS:
             raise ValueError(f"box_method must be one of {BOX_METHODS}, got {box_method!r}")
         for name, value, low in (
@@ -122,7 +171,7 @@ class HCLDataModule(pl.LightningDataModule):
             _check_at_least("max_image_pixels", max_image_pixels, 1)
         self.save_hyperparameters()
         # Paths as strings: checkpoints must load with torch.load(weights_only=True).
-        for key in ("image_dir", "ann_file", "proposals"):
+        for key in ("image_dir", "ann_file", "proposals", "val_image_dir", "val_ann_file"):
             if self.hparams[key] is not None:
                 self.hparams[key] = str(self.hparams[key])
         if selective_search is not None:
@@ -144,6 +193,7 @@ class HCLDataModule(pl.LightningDataModule):
         self.transform = HCLTransform(object_size=object_size, scene_size=scene_size)
         self._source: BoxSource | None = None
         self.train_dataset: HCLDataset | None = None
+        self.val_dataset: LabelledCropDataset | None = None
 
     @property
     def source(self) -> BoxSource:
@@ -176,11 +226,12 @@ class HCLDataModule(pl.LightningDataModule):
         return self.source.class_names
 
     def setup(self, stage: str | None = None) -> None:
-        """Builds the training dataset (once)."""
+        """Builds the training and validation datasets (once)."""
         if self.train_dataset is not None:
             return
+        train_records, held_out = self._split()
         dataset = HCLDataset(
-            self.source.records,
+            train_records,
             self.sampler,
             self.transform,
             max_bad_fraction=self.hparams.max_bad_fraction,
@@ -192,6 +243,53 @@ class HCLDataModule(pl.LightningDataModule):
                 "images): with drop_last=True there would be no batch"
             )
         self.train_dataset = dataset
+        self.val_dataset = self._val_dataset(held_out)
+
+    def _split(self) -> tuple[list[ImageRecord], list[ImageRecord]]:
+        """``(training, held-out)`` records: the seeded ``val_fraction`` hold-out."""
+        records = self.source.records
+        fraction = self.hparams.val_fraction
+        if fraction == 0:
+            return records, []
+        if self.num_classes is None:
+            rank_zero_info(
+                f"hcl: val_fraction={fraction} ignored: the boxes have no classes to "
+                "validate with; all images are used for training"
+            )
+            return records, []
+        rng = np.random.default_rng((self.hparams.seed, len(records), VAL_SPLIT_STREAM))
+        n_held = max(1, round(fraction * len(records)))
+        held = sorted(rng.choice(len(records), size=n_held, replace=False).tolist())
+        kept = sorted(set(range(len(records))) - set(held))
+        return [records[i] for i in kept], [records[i] for i in held]
+
+    def _val_dataset(self, held_out: list[ImageRecord]) -> LabelledCropDataset | None:
+        records = held_out
+        where = f"{len(held_out)} held-out images (val_fraction={self.hparams.val_fraction})"
+        if self.val_image_dir is not None:
+            source = CocoBoxSource(
+                self.val_image_dir, self.val_ann_file, min_box_size=self.hparams.min_box_size
+            )
+            if source.class_names != self.class_names:
+                raise ValueError(
+                    f"val_ann_file {self.val_ann_file} has the classes {source.class_names}, "
+                    f"but the training boxes have {self.class_names}: they must be the same"
+                )
+            records, where = source.records, f"{len(source.records)} images of {self.val_image_dir}"
+        if not records:
+            return None
+        dataset = LabelledCropDataset(
+            records,
+            object_size=self.hparams.object_size,
+            min_object_size=self.hparams.min_object_size,
+            max_image_pixels=self.hparams.max_image_pixels,
+        )
+        dropped = ", ".join(f"{n} {reason}" for reason, n in dataset.dropped.items() if n)
+        rank_zero_info(
+            f"hcl: validation on {dataset.num_crops} labelled boxes of {where}"
+            + (f"; boxes dropped: {dropped}" if dropped else "")
+        )
+        return dataset if len(dataset) else None
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled batches of full size (the last incomplete batch is dropped)."""
@@ -205,4 +303,23 @@ class HCLDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Batches ``(crops, labels)`` of the validation crops of ``batch_size`` images
+        each (see :class:`~hcl_lightning.data.LabelledCropDataset`), or ``[]`` when there
+        is no validation data."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        if self.val_dataset is None:
+            return []
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            collate_fn=collate_crops,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            generator=torch.Generator(),  # not torch's global generator: see the class doc
         )

@@ -1,11 +1,22 @@
-"""A small synthetic multi-object scene dataset in COCO format, generated on first use."""
+"""A small synthetic multi-object scene dataset in COCO format, generated on first use.
+
+Optionally with scene contexts (:data:`CONTEXTS`: a background type and palette and
+two typical object classes each) and a controlled fraction of images holding one
+object of another context, flagged ``out_of_context: 1`` in the annotations.
+:func:`prepare_synthetic_data` generates the dataset of an ``hcl-train`` /
+``hcl-analyze`` config's ``data.synthetic`` node.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image, ImageDraw
 
 FORMAT_VERSION = 1
@@ -24,20 +35,56 @@ SHAPES = (
 CATEGORY_IDS = tuple(2 * i + 1 for i in range(len(SHAPES)))
 MAX_OVERLAP_IOU = 0.2
 PLACEMENT_TRIES = 10
+BACKGROUNDS = ("gradient", "smooth_noise", "waves", "plain")
+#: Third seed word of the stream choosing the out-of-context images: not 0, so that
+#: stream differs from every image's own ``(seed, i)`` stream.
+OOC_STREAM = 1
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """One of four background types: gradient, smooth noise, waves, or noisy plain colour."""
-    kind = int(rng.integers(4))
+@dataclass(frozen=True)
+class Context:
+    """A scene type: background type (index into :data:`BACKGROUNDS`), per-channel
+    colour range ``[low, high)`` of the background, and typical classes (indices into
+    :data:`SHAPES`)."""
+
+    name: str
+    background: int
+    low: tuple[int, int, int]
+    high: tuple[int, int, int]
+    classes: tuple[int, ...]
+
+
+#: The scene contexts of ``contexts=True``: one per background type, with disjoint
+#: typical classes of colours that stand out from the palette.
+CONTEXTS = (
+    Context("sunset", 0, (170, 60, 0), (255, 170, 90), (2, 5)),  # triangle, ring
+    Context("meadow", 1, (20, 80, 10), (120, 190, 90), (0, 4)),  # circle, striped rectangle
+    Context("sea", 2, (0, 30, 90), (90, 140, 230), (3, 6)),  # cross, diamond
+    Context("desk", 3, (110, 110, 110), (200, 195, 185), (1, 7)),  # square, checkerboard
+)
+
+
+def _background(
+    rng: np.random.Generator,
+    size: int,
+    kind: int | None = None,
+    low: float | tuple[float, float, float] = 0.0,
+    high: float | tuple[float, float, float] = 255.0,
+) -> np.ndarray:
+    """A background of type ``kind`` (index into :data:`BACKGROUNDS`; random if None):
+    gradient, smooth noise, waves, or noisy plain colour, its colours drawn per channel
+    from ``[low, high)``."""
+    if kind is None:
+        kind = int(rng.integers(len(BACKGROUNDS)))
     yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
-    start, end = rng.uniform(0, 255, (2, 3))
+    start, end = rng.uniform(low, high, (2, 3))
     if kind == 0:  # linear gradient in a random direction
         angle = rng.uniform(0, 2 * np.pi)
         t = (np.cos(angle) * xx + np.sin(angle) * yy)[..., None]
         t = (t - t.min()) / max(np.ptp(t), 1e-6)
         image = start + t * (end - start)
     elif kind == 1:  # smooth noise: coarse random grid, upsampled
-        coarse = rng.uniform(0, 255, (4, 4, 3)).astype(np.uint8)
+        coarse = rng.uniform(low, high, (4, 4, 3)).astype(np.uint8)
         image = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), float)
     elif kind == 2:  # sinusoidal waves between two colours
         freq = rng.uniform(2, 6)
@@ -100,24 +147,90 @@ def _random_box(rng: np.random.Generator, size: int) -> tuple[int, int, int, int
     return x1, y1, x1 + w, y1 + h
 
 
-def _make_scene(rng: np.random.Generator, size: int, max_objects: int) -> tuple[np.ndarray, list]:
-    """Draws one image; returns it and its objects as (class index, xyxy box)."""
-    image = _background(rng, size)
-    objects: list[tuple[int, tuple[int, int, int, int]]] = []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
+def _paint(
+    image: np.ndarray, cls: int, box: tuple[int, int, int, int], rng: np.random.Generator
+) -> np.ndarray:
+    """``image`` with an object of class ``cls`` (index into :data:`SHAPES`) drawn in ``box``."""
+    size = image.shape[0]
+    name, colour, texture = SHAPES[cls]
+    colour = np.clip(np.asarray(colour) + rng.integers(-20, 21, 3), 0, 255)
+    mask = _shape_mask(name, box, size)[..., None]
+    return np.where(mask, _texture(texture, colour, rng, size), image)
+
+
+def _make_scene(
+    rng: np.random.Generator,
+    size: int,
+    max_objects: int,
+    context: Context | None = None,
+    out_of_context: bool = False,
+) -> tuple[np.ndarray, list[tuple[int, tuple[int, int, int, int], int]]]:
+    """Draws one image; returns it and its objects as (class index, xyxy box, 0/1 flag).
+
+    Without a ``context``: a random background type and classes. With one: its
+    background type and palette and its typical classes; with ``out_of_context`` the
+    image has 2 to ``max_objects`` objects, the first (always placed) of another
+    context's classes, flagged 1, and drawn last, so no other object covers it.
+    """
+    if context is None:
+        image = _background(rng, size)
+        classes: Sequence[int] = range(len(SHAPES))
+    else:
+        image = _background(rng, size, context.background, context.low, context.high)
+        classes = context.classes
+    objects: list[tuple[int, tuple[int, int, int, int], int]] = []
+    for slot in range(int(rng.integers(1 + out_of_context, max_objects + 1))):
         for _ in range(PLACEMENT_TRIES):
             box = _random_box(rng, size)
-            if all(_iou(box, other) <= MAX_OVERLAP_IOU for _, other in objects):
+            if all(_iou(box, other) <= MAX_OVERLAP_IOU for _, other, _ in objects):
                 break
         else:
             continue  # no room left for this object
-        cls = int(rng.integers(len(SHAPES)))
-        name, colour, texture = SHAPES[cls]
-        colour = np.clip(np.asarray(colour) + rng.integers(-20, 21, 3), 0, 255)
-        mask = _shape_mask(name, box, size)[..., None]
-        image = np.where(mask, _texture(texture, colour, rng, size), image)
-        objects.append((cls, box))
+        if out_of_context and slot == 0:
+            others = _other_classes(context)
+            objects.append((others[int(rng.integers(len(others)))], box, 1))
+            continue
+        cls = classes[int(rng.integers(len(classes)))]
+        image = _paint(image, cls, box, rng)
+        objects.append((cls, box, 0))
+    if out_of_context:
+        image = _paint(image, objects[0][0], objects[0][1], rng)
     return image.clip(0, 255).astype(np.uint8), objects
+
+
+def _other_classes(context: Context) -> tuple[int, ...]:
+    """The typical classes of every context but ``context``."""
+    return tuple(cls for other in CONTEXTS if other != context for cls in other.classes)
+
+
+def _out_of_context_images(n_images: int, ooc_fraction: float, seed: int) -> frozenset[int]:
+    """Indices of exactly ``round(ooc_fraction * n_images)`` images, chosen with ``seed``."""
+    rng = np.random.default_rng((seed, n_images, OOC_STREAM))
+    count = round(ooc_fraction * n_images)
+    return frozenset(int(i) for i in rng.choice(n_images, size=count, replace=False))
+
+
+def check_context_args(contexts: bool, ooc_fraction: float, max_objects: int) -> None:
+    """Raises ``ValueError``, its message starting with the argument's name, for
+    ``contexts`` / ``ooc_fraction`` values :func:`make_synthetic_scenes` cannot use."""
+    if not isinstance(contexts, bool):
+        raise ValueError(f"contexts must be True or False, got {contexts!r}")
+    if (
+        not isinstance(ooc_fraction, int | float)
+        or isinstance(ooc_fraction, bool)
+        or not 0 <= ooc_fraction <= 1  # also rejects NaN
+    ):
+        raise ValueError(f"ooc_fraction must be a number in [0, 1], got {ooc_fraction!r}")
+    if ooc_fraction > 0 and not contexts:
+        raise ValueError(
+            f"ooc_fraction={ooc_fraction} needs contexts=True: an object is out of context "
+            "only relative to its scene's context"
+        )
+    if ooc_fraction > 0 and max_objects < 2:
+        raise ValueError(
+            f"ooc_fraction={ooc_fraction} needs max_objects >= 2 (an out-of-context image "
+            f"holds a typical object too), got max_objects={max_objects}"
+        )
 
 
 def make_synthetic_scenes(
@@ -126,6 +239,8 @@ def make_synthetic_scenes(
     image_size: int = 96,
     seed: int = 0,
     max_objects: int = 6,
+    contexts: bool = False,
+    ooc_fraction: float = 0.0,
 ) -> tuple[Path, Path]:
     """Writes (or reuses) a synthetic multi-object scene dataset in COCO format.
 
@@ -134,6 +249,16 @@ def make_synthetic_scenes(
     colour and texture) on one of four background types (gradient, smooth noise,
     waves, plain), with little overlap between objects. Category ids are 1, 3, 5, ...
     (non-contiguous, like COCO's), and each image entry stores its ``num_objects``.
+
+    With ``contexts=True`` each image is a scene of one of the :data:`CONTEXTS`
+    (sunset, meadow, sea, desk): that context's background type and palette, and
+    objects of its two typical classes only (the contexts' classes are disjoint).
+    Exactly ``round(ooc_fraction * n_images)`` images, chosen with ``seed``, instead
+    hold one object of another context's classes (drawn on top) plus 1 to
+    ``max_objects - 1`` typical ones. Image entries then carry ``context`` (name) and
+    ``context_id``, every annotation ``out_of_context`` (0 or 1), and the JSON a
+    ``contexts`` list (``id``, ``name``, ``background``, typical ``category_ids``).
+    The default (``contexts=False``) output is that of earlier versions, byte for byte.
 
     The output is deterministic: the same arguments give the same JPEG bytes and the
     same JSON. If ``root`` already holds a complete dataset made with the same
@@ -146,9 +271,15 @@ def make_synthetic_scenes(
         image_size: Side of the square images in pixels (at least 32).
         seed: Random seed.
         max_objects: Maximum number of objects per image.
+        contexts: Draw each image from a scene context.
+        ooc_fraction: Fraction of images, in [0, 1], with one out-of-context object
+            (needs ``contexts=True`` and ``max_objects >= 2``).
 
     Returns:
         ``(image_dir, ann_file)``, ready for :class:`~hcl_lightning.data.CocoBoxSource`.
+
+    Raises:
+        ValueError: for an argument out of range, naming it.
     """
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
@@ -156,6 +287,7 @@ def make_synthetic_scenes(
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    check_context_args(contexts, ooc_fraction, max_objects)
     root = Path(root)
     image_dir, ann_file, meta_file = root / "images", root / "annotations.json", root / "meta.json"
     meta = {
@@ -165,6 +297,8 @@ def make_synthetic_scenes(
         "seed": seed,
         "max_objects": max_objects,
     }
+    if contexts:  # recorded only when used: default datasets keep their meta.json
+        meta.update(contexts=True, ooc_fraction=ooc_fraction)
     file_names = [f"{i:06d}.jpg" for i in range(n_images)]
     if (
         meta_file.is_file()
@@ -176,35 +310,109 @@ def make_synthetic_scenes(
 
     meta_file.unlink(missing_ok=True)
     image_dir.mkdir(parents=True, exist_ok=True)
+    ooc_images = _out_of_context_images(n_images, ooc_fraction, seed) if contexts else ()
     images, annotations = [], []
     for i, file_name in enumerate(file_names):
-        pixels, objects = _make_scene(np.random.default_rng((seed, i)), image_size, max_objects)
-        Image.fromarray(pixels).save(image_dir / file_name, quality=92)
-        images.append(
-            {
-                "id": i + 1,
-                "file_name": file_name,
-                "width": image_size,
-                "height": image_size,
-                "num_objects": len(objects),
-            }
+        rng = np.random.default_rng((seed, i))
+        context_id = int(rng.integers(len(CONTEXTS))) if contexts else None
+        pixels, objects = _make_scene(
+            rng,
+            image_size,
+            max_objects,
+            None if context_id is None else CONTEXTS[context_id],
+            i in ooc_images,
         )
-        for cls, (x1, y1, x2, y2) in objects:
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": i + 1,
-                    "category_id": CATEGORY_IDS[cls],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": 0,
-                }
-            )
+        Image.fromarray(pixels).save(image_dir / file_name, quality=92)
+        image = {
+            "id": i + 1,
+            "file_name": file_name,
+            "width": image_size,
+            "height": image_size,
+            "num_objects": len(objects),
+        }
+        if context_id is not None:
+            image.update(context=CONTEXTS[context_id].name, context_id=context_id + 1)
+        images.append(image)
+        for cls, (x1, y1, x2, y2), flag in objects:
+            annotation = {
+                "id": len(annotations) + 1,
+                "image_id": i + 1,
+                "category_id": CATEGORY_IDS[cls],
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": (x2 - x1) * (y2 - y1),
+                "iscrowd": 0,
+            }
+            if contexts:
+                annotation["out_of_context"] = flag
+            annotations.append(annotation)
     categories = [
         {"id": cid, "name": name, "supercategory": "shape"}
         for cid, (name, _, _) in zip(CATEGORY_IDS, SHAPES, strict=True)
     ]
     coco = {"images": images, "annotations": annotations, "categories": categories}
+    if contexts:
+        coco["contexts"] = [
+            {
+                "id": k + 1,
+                "name": context.name,
+                "background": BACKGROUNDS[context.background],
+                "category_ids": [CATEGORY_IDS[cls] for cls in context.classes],
+            }
+            for k, context in enumerate(CONTEXTS)
+        ]
     ann_file.write_text(json.dumps(coco))
     meta_file.write_text(json.dumps(meta))
     return image_dir, ann_file
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (ranks and sweep jobs generating the same data)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: generation is deterministic, so races only cost time
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+#: Config nodes ``data.<node>`` of generated scenes, and the ``data`` keys their image
+#: folder and annotation file fill in.
+SYNTHETIC_NODES = {
+    "synthetic": ("image_dir", "ann_file"),
+    "val_synthetic": ("val_image_dir", "val_ann_file"),
+}
+
+
+def prepare_synthetic_data(cfg: DictConfig) -> None:
+    """Generates (or reuses) the synthetic scenes of ``data.synthetic``, in place.
+
+    Fills in ``data.image_dir`` and ``data.ann_file`` and removes ``data.synthetic``, so
+    ``cfg.data`` can be instantiated as an :class:`~hcl_lightning.data.HCLDataModule`;
+    likewise ``data.val_synthetic`` (validation scenes) fills in ``data.val_image_dir``
+    and ``data.val_ann_file``. Does nothing for other data. Used by ``hcl-train`` and
+    ``hcl-analyze``; concurrent callers (DDP ranks, sweep jobs) generate one dataset
+    under a file lock.
+    """
+    # all resolved before any node is removed: val_synthetic refers to synthetic's values
+    nodes = {name: OmegaConf.select(cfg, f"data.{name}") for name in SYNTHETIC_NODES}
+    args = {
+        name: OmegaConf.to_container(node, resolve=True)
+        for name, node in nodes.items()
+        if node is not None
+    }
+    for name, kwargs in args.items():
+        root = Path(str(kwargs.pop("root"))).expanduser().resolve()
+        with _file_lock(root.parent / f".{root.name}.lock"):
+            image_dir, ann_file = make_synthetic_scenes(root, **kwargs)
+        image_key, ann_key = SYNTHETIC_NODES[name]
+        with open_dict(cfg.data):
+            cfg.data[image_key] = str(image_dir)
+            cfg.data[ann_key] = str(ann_file)
+            del cfg.data[name]
