@@ -276,7 +276,9 @@ def build_batches(args: argparse.Namespace, device: torch.device) -> dict[str, A
     """Fixed random inputs; the MoCo batch uses the very tensors of the HCL views."""
     generator = torch.Generator().manual_seed(0)
     shape = (args.batch_size, 3, args.image_size, args.image_size)
-    x0, x1, scene, obj = (torch.randn(shape, generator=generator).to(device) for _ in range(4))
+    x0, x1, obj = (torch.randn(shape, generator=generator).to(device) for _ in range(3))
+    scene_shape = (args.batch_size, 3, args.scene_size, args.scene_size)
+    scene = torch.randn(scene_shape, generator=generator).to(device)
     index = torch.arange(args.batch_size, device=device)
     labels = torch.zeros(args.batch_size, dtype=torch.long, device=device)
     hcl_batch = {
@@ -379,7 +381,7 @@ def measure_data(args: argparse.Namespace) -> tuple[float, Path]:
         ann_file=str(ann_file),
         batch_size=args.batch_size,
         object_size=args.image_size,
-        scene_size=args.image_size,
+        scene_size=args.scene_size,
         num_workers=0,
         pin_memory=False,
     )
@@ -462,7 +464,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     batch = args.batch_size
     stem = "CIFAR stem" if args.small_input else "standard stem"
     lines = [
-        f"{args.backbone} ({stem}), {args.image_size} px (views, scene, object), batch {batch}, "
+        f"{args.backbone} ({stem}), {args.image_size} px views and object, {args.scene_size} px "
+        f"scene, batch {batch}, "
         f"queues {args.queue_size}, float32, device {device}, torch threads "
         f"{torch.get_num_threads()}",
         f"step: real pl.Trainer, median of {results['n_steps'][MODELS[0]]} timed steps per "
@@ -543,6 +546,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--backbone", help="torchvision ResNet name")
     parser.add_argument("--image-size", type=int, help="side of views, scene and object")
+    parser.add_argument("--scene-size", type=int, help="side of the scene (default: --image-size)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--queue-size", type=int, help="MoCo queues and hyperbolic queue")
     parser.add_argument("--small-input", action="store_true", help="CIFAR-style stem")
@@ -575,9 +579,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, value in preset.items():
         if args.quick or getattr(args, name) is None:
             setattr(args, name, value)
+    args.scene_size = args.scene_size or args.image_size
+    if args.batched_forward and args.scene_size != args.image_size:
+        parser.error("--batched-forward needs --scene-size equal to --image-size")
     if args.steps < 2:
         parser.error("--steps must be >= 2 (the first step of each fit is not timed)")
-    sizes = (args.image_size, args.batch_size, args.queue_size, args.rounds)
+    sizes = (args.image_size, args.scene_size, args.batch_size, args.queue_size, args.rounds)
     if min(*sizes, args.breakdown_repeats, args.data_batches) < 1:
         parser.error("sizes, --rounds, --breakdown-repeats and --data-batches must be >= 1")
     if args.gpu and not torch.cuda.is_available():
