@@ -220,20 +220,20 @@ def evaluate(
     test_y = np.array([to_index[c] for c in test_y])
     scene_fit = embed_images(model, fit, image_size=size, features=True)["features"]
     scene_test = embed_images(model, test, image_size=size, features=True)["features"]
+    present_fit, present_test = _presence(fit, classes), _presence(test, classes)
     metrics = {
         "rho_images": _rho(*raw["image"]),
         "rho_crops": _rho(*raw["crop"]) if len(raw["crop"][0]) else math.nan,
         "ooc_auroc": auroc(*raw["ooc"]),
         "knn_top1": knn_top1(fit_x, fit_y, test_x, test_y),
         "linear_top1": linear_probe_top1(fit_x, fit_y, test_x, test_y),
-        "scene_map": multilabel_map(
-            scene_fit, _presence(fit, classes), scene_test, _presence(test, classes)
-        ),
+        "scene_map": multilabel_map(scene_fit, present_fit, scene_test, present_test),
     }
+    majority = float(np.bincount(test_y).max() / len(test_y))
     chance = {
-        "knn_top1": float(np.bincount(test_y).max() / len(test_y)),
-        "linear_top1": float(np.bincount(test_y).max() / len(test_y)),
-        "scene_map": float(_presence(test, classes).mean()),
+        "knn_top1": majority,
+        "linear_top1": majority,
+        "scene_map": float(present_test.mean()),
     }
     return {"metrics": metrics, "raw": raw, "chance": chance, "plots": (norms["plot"], ooc["grid"])}
 

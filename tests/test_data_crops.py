@@ -160,3 +160,11 @@ def test_sampler_rejects_unknown_size_and_bad_arguments():
         SceneObjectSampler(scene_extra_boxes=(3, 1))
     with pytest.raises(ValueError, match="scene_fallback_scale"):
         SceneObjectSampler(scene_fallback_scale=(0.5, 2.0))
+
+
+def test_to_pixels_rounds_outwards_inside_the_image() -> None:
+    from hcl_lightning.data.crops import to_pixels
+
+    assert to_pixels(np.array([1.2, 2.7, 5.1, 6.0]), 10, 10) == (1, 2, 6, 6)
+    assert to_pixels(np.array([-3.0, 4.5, 12.4, 4.6]), 10, 8) == (0, 4, 10, 5)  # >= 1 px
+    assert to_pixels(np.array([10.0, 8.0, 10.0, 8.0]), 10, 8) == (9, 7, 10, 8)

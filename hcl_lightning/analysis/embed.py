@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from hcl_lightning.data.boxes import _load_json, list_images, sanitize_boxes
+from hcl_lightning.data.crops import to_pixels
 from hcl_lightning.data.dataset import load_image
 from hcl_lightning.data.eval_crops import eval_transform
 
@@ -201,9 +202,7 @@ class CropDataset(Dataset):
         except Exception:  # unreadable images are reported, never crash the analysis
             return torch.zeros(3, self.size, self.size), False
         if box is not None:
-            x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
-            x2, y2 = max(int(np.ceil(box[2])), x1 + 1), max(int(np.ceil(box[3])), y1 + 1)
-            image = image.crop((x1, y1, x2, y2))
+            image = image.crop(to_pixels(np.asarray(box, np.float64), *image.size))
         return self.transform(image), True
 
 

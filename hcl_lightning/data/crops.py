@@ -48,7 +48,7 @@ def count_objects_inside(boxes: np.ndarray, region: Box) -> int:
     return int((inter_w * inter_h >= 0.5 * area).sum())
 
 
-def _to_pixels(box: np.ndarray, width: int, height: int) -> Box:
+def to_pixels(box: np.ndarray, width: int, height: int) -> Box:
     """Rounds a float box outwards to integer pixels inside the image, at least 1 px."""
     x1 = min(max(math.floor(box[0]), 0), width - 1)
     y1 = min(max(math.floor(box[1]), 0), height - 1)
@@ -156,7 +156,7 @@ class SceneObjectSampler:
             else:
                 chosen = rng.choice(others, size=k, replace=False)
                 union = _union(np.vstack([np.asarray(object_box), boxes[chosen]]))
-                scene_box = _to_pixels(union, width, height)
+                scene_box = to_pixels(union, width, height)
         n_objects = count_objects_inside(boxes[nonempty], scene_box)
         return CropSpec(object_box, scene_box, n_objects, label, box_index)
 
@@ -165,7 +165,7 @@ class SceneObjectSampler:
     ) -> Box:
         size = np.tile(box[2:] - box[:2], 2)
         pad = rng.uniform(0.0, self.context_jitter, 4) * size
-        return _to_pixels(box + pad * np.array([-1, -1, 1, 1]), width, height)
+        return to_pixels(box + pad * np.array([-1, -1, 1, 1]), width, height)
 
     @staticmethod
     def _random_object(width: int, height: int, rng: np.random.Generator) -> Box:
@@ -184,5 +184,5 @@ class SceneObjectSampler:
         # Any position in these ranges contains the object and stays inside the image.
         x1 = rng.uniform(max(0.0, box[2] - scene_w), min(box[0], width - scene_w))
         y1 = rng.uniform(max(0.0, box[3] - scene_h), min(box[1], height - scene_h))
-        scene = _to_pixels(np.array([x1, y1, x1 + scene_w, y1 + scene_h]), width, height)
-        return _to_pixels(_union(np.array([scene, box])), width, height)
+        scene = to_pixels(np.array([x1, y1, x1 + scene_w, y1 + scene_h]), width, height)
+        return to_pixels(_union(np.array([scene, box])), width, height)

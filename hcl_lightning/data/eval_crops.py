@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from hcl_lightning.data.boxes import ImageRecord
+from hcl_lightning.data.crops import to_pixels
 from hcl_lightning.data.dataset import DEFAULT_MAX_IMAGE_PIXELS, bad_image_reason, decode_image
 
 __all__ = ["LabelledCropDataset", "collate_crops", "eval_transform"]
@@ -107,8 +108,5 @@ class LabelledCropDataset(Dataset):
             size = self.object_size
             return torch.zeros(0, 3, size, size), torch.zeros(0, dtype=torch.long)
         scaled = boxes * np.asarray([sx, sy, sx, sy], np.float32)
-        start = np.floor(scaled[:, :2])  # whole pixels, at least one of them
-        end = np.maximum(np.ceil(scaled[:, 2:]), start + 1)
-        pixel_boxes = np.concatenate([start, end], axis=1).astype(int).tolist()
-        crops = [self.transform(image.crop(tuple(box))) for box in pixel_boxes]
+        crops = [self.transform(image.crop(to_pixels(box, *image.size))) for box in scaled]
         return torch.stack(crops), torch.as_tensor(labels, dtype=torch.long)
