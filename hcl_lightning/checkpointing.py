@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,9 @@ AUTO = "auto"
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local writes are atomic (temp file + ``os.replace``).
 
+    A failed write (a full disk, ...) removes the temp file and raises an error that
+    names the checkpoint and the free space on its file system.
+
     Example:
         >>> trainer = pl.Trainer(plugins=[AtomicCheckpointIO()], ...)
     """
@@ -80,6 +84,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, target)
+        except (OSError, RuntimeError) as error:
+            temp.unlink(missing_ok=True)
+            raise _write_error(target, error) from error
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
@@ -88,6 +95,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def _write(self, checkpoint: dict[str, Any], handle) -> None:
         """Serialises ``checkpoint`` into the open temp file (a seam for tests)."""
         torch.save(checkpoint, handle)
+
+
+def _write_error(target: Path, error: BaseException) -> RuntimeError:
+    """A write failure that names the checkpoint and the free space where it goes.
+
+    A full disk surfaces from ``torch.save`` as an opaque ``unexpected pos`` error.
+    """
+    free = shutil.disk_usage(target.parent).free
+    return RuntimeError(
+        f"hcl: could not write checkpoint {target} ({free / 2**20:.0f} MiB free on its "
+        f"file system; the previous checkpoint there, if any, is intact): {error}"
+    )
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -220,6 +220,26 @@ def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no temp left
 
 
+class DiskFull(AtomicCheckpointIO):
+    """Fails as ``torch.save`` fails on a full disk."""
+
+    def _write(self, checkpoint, handle) -> None:
+        handle.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8 vs 4")
+
+
+def test_failed_checkpoint_write_names_the_file_and_free_space(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    with pytest.raises(RuntimeError, match="could not write checkpoint") as failure:
+        DiskFull().save_checkpoint({"step": 2}, path)
+    message = str(failure.value)
+    assert str(path) in message and "MiB free" in message and "unexpected pos" in message
+    assert isinstance(failure.value.__cause__, RuntimeError)
+    assert torch.load(path)["step"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
 def test_checkpoint_survives_sigkill_during_write(tmp_path: Path) -> None:
     """A real kill (os._exit mid-write, no cleanup) leaves the old file and a temp file."""
     path = tmp_path / "last.ckpt"
