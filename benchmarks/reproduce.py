@@ -40,6 +40,7 @@ Usage::
     python benchmarks/reproduce.py                     # ~20 min on 2 CPU cores
     python benchmarks/reproduce.py --seeds 5 --steps 1000 --train-images 8000
     python benchmarks/reproduce.py --override hcl.c=0.1 --override hcl.tau=0.1
+    python benchmarks/reproduce.py --random-colours    # classes told apart by shape only
     python benchmarks/reproduce.py --quick             # smoke run, ~1 min
 """
 
@@ -105,6 +106,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=96, help="side of generated scenes")
     parser.add_argument("--ooc-fraction", type=float, default=0.3, help="of the eval images")
     parser.add_argument("--scene-crops", type=int, default=2, help="random crops per image")
+    parser.add_argument(
+        "--random-colours",
+        action="store_true",
+        help="objects in random colours (training and held-out scenes): classes by shape only",
+    )
     parser.add_argument("--permutations", type=int, default=1000)
     parser.add_argument(
         "--override",
@@ -131,7 +137,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def synthetic_args(args: argparse.Namespace, split: str) -> dict[str, Any]:
     """Arguments of :func:`make_synthetic_scenes` for the training or held-out scenes."""
     root = (args.data_root or args.out / "data") / split
-    common = {"root": root, "image_size": args.image_size, "contexts": True}
+    common = {
+        "root": root,
+        "image_size": args.image_size,
+        "contexts": True,
+        "random_colours": args.random_colours,
+    }
     if split == "train":  # contexts only: what belongs together is learnt from here
         return {**common, "n_images": args.train_images, "seed": 1}
     return {**common, "n_images": args.eval_images, "seed": 2, "ooc_fraction": args.ooc_fraction}
@@ -295,7 +306,8 @@ def table(results: dict[str, list[dict]], bands: dict, chance: dict, args) -> st
         "",
         f"{args.seeds} seed(s) per arm (mean ± sd), {args.steps} steps, "
         f"{args.train_images} training / {args.eval_images} held-out scenes "
-        f"({args.ooc_fraction:.0%} of them with one out-of-context object), "
+        f"({args.ooc_fraction:.0%} of them with one out-of-context object"
+        f"{'; objects in random colours' if args.random_colours else ''}), "
         f"{args.permutations} permutations; overrides: {' '.join(args.override) or 'none'}.",
     ]
     return "\n".join(lines)

@@ -171,26 +171,67 @@ def test_out_of_context_count_and_classes(tmp_path):
         assert sum(a["out_of_context"] for a in anns) == expected
 
 
-def test_out_of_context_object_is_drawn_on_top(tmp_path):
-    """A solid out-of-context object shows its own colour at its centre."""
-    image_dir, ann_file = make_synthetic_scenes(tmp_path, **{**CONTEXT_PARAMS, "ooc_fraction": 1.0})
-    coco = json.loads(ann_file.read_text())
+#: Class colours of the shapes filled with one colour at their centre (not ring).
+SOLID_COLOURS = {
+    cid: colour
+    for cid, (name, colour, texture) in zip(CATEGORY_IDS, SHAPES, strict=True)
+    if texture == "solid" and name != "ring"
+}
+
+
+def _centre_colours(image_dir: Path, coco: dict, out_of_context_only: bool = False):
+    """(category id, mean RGB of the 3x3 pixels at the box centre) of each solid object."""
     files = {image["id"]: image["file_name"] for image in coco["images"]}
-    colour_of = {
-        cid: colour
-        for cid, (name, colour, texture) in zip(CATEGORY_IDS, SHAPES, strict=True)
-        if texture == "solid" and name != "ring"
-    }
-    checked = 0
     for ann in coco["annotations"]:
-        if not ann["out_of_context"] or ann["category_id"] not in colour_of:
+        if ann["category_id"] not in SOLID_COLOURS:
+            continue
+        if out_of_context_only and not ann["out_of_context"]:
             continue
         x, y, w, h = ann["bbox"]
         pixels = np.asarray(Image.open(image_dir / files[ann["image_id"]]), dtype=float)
         centre = pixels[y + h // 2 - 1 : y + h // 2 + 2, x + w // 2 - 1 : x + w // 2 + 2]
-        assert np.abs(centre.mean(axis=(0, 1)) - colour_of[ann["category_id"]]).max() < 45
+        yield ann["category_id"], centre.mean(axis=(0, 1))
+
+
+def test_out_of_context_object_is_drawn_on_top(tmp_path):
+    """A solid out-of-context object shows its own colour at its centre."""
+    image_dir, ann_file = make_synthetic_scenes(tmp_path, **{**CONTEXT_PARAMS, "ooc_fraction": 1.0})
+    coco = json.loads(ann_file.read_text())
+    checked = 0
+    for cid, colour in _centre_colours(image_dir, coco, out_of_context_only=True):
+        assert np.abs(colour - SOLID_COLOURS[cid]).max() < 45
         checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("contexts", [False, True])
+def test_random_colours_leave_only_shape_to_tell_classes_apart(tmp_path, contexts):
+    """With random_colours the colour of an object says nothing about its class: the
+    spread of one class's colours (median absolute deviation) is that of uniform
+    colours (64 for many objects), not that of the class colour's jitter; boxes, classes and contexts are drawn as usual."""
+    params = {**CONTEXT_PARAMS, "ooc_fraction": 0.3 * contexts, "contexts": contexts}
+    spread = {}
+    for random_colours in (False, True):
+        root = tmp_path / str(random_colours)
+        image_dir, ann_file = make_synthetic_scenes(root, random_colours=random_colours, **params)
+        coco = json.loads(ann_file.read_text())
+        by_class: dict[int, list[np.ndarray]] = {}
+        for cid, colour in _centre_colours(image_dir, coco):
+            by_class.setdefault(cid, []).append(colour)
+        assert sum(len(colours) for colours in by_class.values()) >= 30
+        spread[random_colours] = np.median(
+            [np.median(np.abs(np.subtract(c, np.median(c, axis=0)))) for c in by_class.values()]
+        )
+        assert json.loads((root / "meta.json").read_text()).get("random_colours") == (
+            True if random_colours else None
+        )  # recorded only when used: default datasets keep their meta.json
+        if contexts:
+            typical = {c["id"]: set(c["category_ids"]) for c in coco["contexts"]}
+            context_of = {image["id"]: image["context_id"] for image in coco["images"]}
+            for ann in coco["annotations"]:
+                in_context = ann["category_id"] in typical[context_of[ann["image_id"]]]
+                assert in_context != bool(ann["out_of_context"])
+    assert spread[False] < 15 < 35 < spread[True], spread
 
 
 def test_context_backgrounds_differ(tmp_path):
@@ -255,6 +296,7 @@ def test_read_coco_sees_the_out_of_context_flags(tmp_path):
         ({"contexts": True, "ooc_fraction": float("nan")}, "ooc_fraction must be a number"),
         ({"contexts": True, "ooc_fraction": "0.2"}, "ooc_fraction must be a number"),
         ({"contexts": "yes"}, "contexts must be True or False"),
+        ({"random_colours": 1}, "random_colours must be True or False"),
         (
             {"contexts": True, "ooc_fraction": 0.1, "max_objects": 1},
             "needs max_objects >= 2",
@@ -279,7 +321,13 @@ def test_config_keys_reach_the_generator_and_the_folder_name(tmp_path, monkeypat
     ooc = compose_config(
         [*overrides, "data.synthetic.contexts=true", "data.synthetic.ooc_fraction=0.5"]
     )
-    assert len({cfg.data.synthetic.root, ooc.data.synthetic.root, default.data.synthetic.root}) == 3
+    coloured = compose_config([*overrides, "data.synthetic.random_colours=true"])
+    roots = (cfg, ooc, default, coloured)
+    assert len({c.data.synthetic.root for c in roots}) == 4
     prepare_synthetic_data(ooc)
     anns = json.loads(Path(ooc.data.ann_file).read_text())["annotations"]
     assert sum(a["out_of_context"] for a in anns) == 4
+    prepare_synthetic_data(coloured)
+    for ann_key in ("ann_file", "val_ann_file"):  # the validation scenes follow
+        meta = json.loads((Path(coloured.data[ann_key]).parent / "meta.json").read_text())
+        assert meta["random_colours"] is True

@@ -275,6 +275,7 @@ def _check(cfg: DictConfig, command: Command) -> None:
                 synthetic.get("contexts", False),
                 synthetic.get("ooc_fraction", 0.0),
                 synthetic.max_objects,
+                synthetic.get("random_colours", False),
             )
         except ValueError as error:
             raise ConfigError(f"data.synthetic.{error}") from None

@@ -148,12 +148,20 @@ def _random_box(rng: np.random.Generator, size: int) -> tuple[int, int, int, int
 
 
 def _paint(
-    image: np.ndarray, cls: int, box: tuple[int, int, int, int], rng: np.random.Generator
+    image: np.ndarray,
+    cls: int,
+    box: tuple[int, int, int, int],
+    rng: np.random.Generator,
+    random_colours: bool = False,
 ) -> np.ndarray:
-    """``image`` with an object of class ``cls`` (index into :data:`SHAPES`) drawn in ``box``."""
+    """``image`` with an object of class ``cls`` (index into :data:`SHAPES`) drawn in
+    ``box``: in its class colour (jittered), or in a uniformly random one."""
     size = image.shape[0]
     name, colour, texture = SHAPES[cls]
-    colour = np.clip(np.asarray(colour) + rng.integers(-20, 21, 3), 0, 255)
+    if random_colours:
+        colour = rng.integers(0, 256, 3)
+    else:
+        colour = np.clip(np.asarray(colour) + rng.integers(-20, 21, 3), 0, 255)
     mask = _shape_mask(name, box, size)[..., None]
     return np.where(mask, _texture(texture, colour, rng, size), image)
 
@@ -164,6 +172,7 @@ def _make_scene(
     max_objects: int,
     context: Context | None = None,
     out_of_context: bool = False,
+    random_colours: bool = False,
 ) -> tuple[np.ndarray, list[tuple[int, tuple[int, int, int, int], int]]]:
     """Draws one image; returns it and its objects as (class index, xyxy box, 0/1 flag).
 
@@ -171,6 +180,7 @@ def _make_scene(
     background type and palette and its typical classes; with ``out_of_context`` the
     image has 2 to ``max_objects`` objects, the first (always placed) of another
     context's classes, flagged 1, and drawn last, so no other object covers it.
+    ``random_colours`` paints every object in a random colour instead of its class's.
     """
     if context is None:
         image = _background(rng, size)
@@ -191,10 +201,10 @@ def _make_scene(
             objects.append((others[int(rng.integers(len(others)))], box, 1))
             continue
         cls = classes[int(rng.integers(len(classes)))]
-        image = _paint(image, cls, box, rng)
+        image = _paint(image, cls, box, rng, random_colours)
         objects.append((cls, box, 0))
     if out_of_context:
-        image = _paint(image, objects[0][0], objects[0][1], rng)
+        image = _paint(image, objects[0][0], objects[0][1], rng, random_colours)
     return image.clip(0, 255).astype(np.uint8), objects
 
 
@@ -210,11 +220,15 @@ def _out_of_context_images(n_images: int, ooc_fraction: float, seed: int) -> fro
     return frozenset(int(i) for i in rng.choice(n_images, size=count, replace=False))
 
 
-def check_context_args(contexts: bool, ooc_fraction: float, max_objects: int) -> None:
+def check_context_args(
+    contexts: bool, ooc_fraction: float, max_objects: int, random_colours: bool = False
+) -> None:
     """Raises ``ValueError``, its message starting with the argument's name, for
-    ``contexts`` / ``ooc_fraction`` values :func:`make_synthetic_scenes` cannot use."""
-    if not isinstance(contexts, bool):
-        raise ValueError(f"contexts must be True or False, got {contexts!r}")
+    ``contexts`` / ``ooc_fraction`` / ``random_colours`` values
+    :func:`make_synthetic_scenes` cannot use."""
+    for name, flag in (("contexts", contexts), ("random_colours", random_colours)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
     if (
         not isinstance(ooc_fraction, int | float)
         or isinstance(ooc_fraction, bool)
@@ -241,6 +255,7 @@ def make_synthetic_scenes(
     max_objects: int = 6,
     contexts: bool = False,
     ooc_fraction: float = 0.0,
+    random_colours: bool = False,
 ) -> tuple[Path, Path]:
     """Writes (or reuses) a synthetic multi-object scene dataset in COCO format.
 
@@ -258,7 +273,12 @@ def make_synthetic_scenes(
     ``max_objects - 1`` typical ones. Image entries then carry ``context`` (name) and
     ``context_id``, every annotation ``out_of_context`` (0 or 1), and the JSON a
     ``contexts`` list (``id``, ``name``, ``background``, typical ``category_ids``).
-    The default (``contexts=False``) output is that of earlier versions, byte for byte.
+    With ``random_colours=True`` every object is painted in a uniformly random colour
+    instead of its class colour, so only shape and texture tell the classes apart (and,
+    with contexts, only shape tells an out-of-context object from a typical one):
+    object classification is then not solvable from colour alone.
+    The default (``contexts=False``, ``random_colours=False``) output is that of earlier
+    versions, byte for byte.
 
     The output is deterministic: the same arguments give the same JPEG bytes and the
     same JSON. If ``root`` already holds a complete dataset made with the same
@@ -274,6 +294,7 @@ def make_synthetic_scenes(
         contexts: Draw each image from a scene context.
         ooc_fraction: Fraction of images, in [0, 1], with one out-of-context object
             (needs ``contexts=True`` and ``max_objects >= 2``).
+        random_colours: Paint objects in random colours (classes by shape only).
 
     Returns:
         ``(image_dir, ann_file)``, ready for :class:`~hcl_lightning.data.CocoBoxSource`.
@@ -287,7 +308,7 @@ def make_synthetic_scenes(
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
-    check_context_args(contexts, ooc_fraction, max_objects)
+    check_context_args(contexts, ooc_fraction, max_objects, random_colours)
     root = Path(root)
     image_dir, ann_file, meta_file = root / "images", root / "annotations.json", root / "meta.json"
     meta = {
@@ -299,6 +320,8 @@ def make_synthetic_scenes(
     }
     if contexts:  # recorded only when used: default datasets keep their meta.json
         meta.update(contexts=True, ooc_fraction=ooc_fraction)
+    if random_colours:
+        meta.update(random_colours=True)
     file_names = [f"{i:06d}.jpg" for i in range(n_images)]
     if (
         meta_file.is_file()
@@ -321,6 +344,7 @@ def make_synthetic_scenes(
             max_objects,
             None if context_id is None else CONTEXTS[context_id],
             i in ooc_images,
+            random_colours,
         )
         Image.fromarray(pixels).save(image_dir / file_name, quality=92)
         image = {
