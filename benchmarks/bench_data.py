@@ -12,7 +12,8 @@ crops of the same side ``--size`` (the HCL scene crop: ``--scene-size``, default
   i.e. ``HCLDataset``: decode the image once, sample an object box and a scene around
   it (``SceneObjectSampler``), then 4 crops: 2 ``MoCoV2Transform`` views of the object
   region, the scene region and the object region, each resized with a light
-  augmentation (``LightTransform``: flip, colour jitter, normalise).
+  augmentation (``LightTransform``: flip, colour jitter, normalise; with
+  ``--fused-color-jitter`` the scene/object jitter is ``FusedColorJitter``).
 
 Both DataLoaders use the same batch size, ``shuffle=True``, ``drop_last=True``,
 ``pin_memory=False``, ``--workers`` worker processes and persistent workers (when
@@ -41,6 +42,7 @@ Usage::
     python benchmarks/bench_data.py                # 200 images of 256 px -> 64 px crops
     python benchmarks/bench_data.py --size 224     # crops of the paper's size
     python benchmarks/bench_data.py --scene-size 32  # scenes at half the object size
+    python benchmarks/bench_data.py --fused-color-jitter  # data.fused_color_jitter=true
     python benchmarks/bench_data.py --quick        # smoke run (< 30 s)
 """
 
@@ -92,6 +94,7 @@ def build_loaders(
         batch_size=args.batch_size,
         object_size=args.size,
         scene_size=args.scene_size,
+        fused_color_jitter=args.fused_color_jitter,
         num_workers=workers,
         pin_memory=False,
     )
@@ -208,7 +211,8 @@ def _verdict(ok: bool) -> str:
 def report(args: argparse.Namespace, results: list[dict[str, Any]], stages: dict) -> str:
     lines = [
         f"{args.images} synthetic JPEGs of {args.image_size} px -> crops of {args.size} px "
-        f"(HCL scene {args.scene_size} px), "
+        f"(HCL scene {args.scene_size} px"
+        f"{', fused scene/object colour jitter' if args.fused_color_jitter else ''}), "
         f"batch {args.batch_size}, median of {args.passes} full passes per pipeline "
         f"(interleaved), main-process torch threads {torch.get_num_threads()}",
         "",
@@ -249,6 +253,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=64, help="side of the views and objects")
     parser.add_argument(
         "--scene-size", type=int, help="side of the HCL scene crops (default: --size)"
+    )
+    parser.add_argument(
+        "--fused-color-jitter",
+        action="store_true",
+        help="HCL scene/object crops with FusedColorJitter (data.fused_color_jitter=true)",
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--passes", type=int, default=6, help="timed passes per pipeline")

@@ -163,6 +163,8 @@ def test_datamodule_validates_arguments(synthetic, tmp_path):
         HCLDataModule(image_dir, max_bad_fraction=1.5)
     with pytest.raises(ValueError, match="ann_file and proposals"):
         HCLDataModule(image_dir, ann_file=ann_file, proposals=ann_file)
+    with pytest.raises(ValueError, match="fused_color_jitter must be true or false, got 'yes'"):
+        HCLDataModule(image_dir, ann_file=ann_file, fused_color_jitter="yes")
     too_big = HCLDataModule(image_dir, ann_file=ann_file, batch_size=N_IMAGES + 1)
     with pytest.raises(ValueError, match="batch_size"):
         too_big.setup("fit")
@@ -207,3 +209,18 @@ def test_config_sets_pin_memory_and_persistent_workers(
 def test_data_configs_expose_loader_settings(name):
     conf = OmegaConf.load(Path(hcl_lightning.conf.__file__).parent / "data" / f"{name}.yaml")
     assert conf.pin_memory is None and conf.persistent_workers is True
+    assert conf.fused_color_jitter is False
+
+
+def test_config_switches_the_scene_and_object_jitter(tmp_path, monkeypatch):
+    from hcl_lightning.data.color import FusedColorJitter
+
+    monkeypatch.setenv("HCL_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = compose_config([*tiny_overrides(tmp_path), "data.fused_color_jitter=true"])
+    prepare_synthetic_data(cfg)
+    transform = hydra.utils.instantiate(cfg.data, _convert_="all").transform
+    assert isinstance(transform.scene.color_jitter, FusedColorJitter)
+    assert isinstance(transform.object.color_jitter, FusedColorJitter)
+    views = transform.views.transforms[0].transform.transforms  # lightly's, untouched
+    assert any("ColorJitter(" in repr(step) for step in views)
+    assert not any("Fused" in repr(step) for step in views)

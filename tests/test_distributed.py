@@ -21,6 +21,7 @@ batch).
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -232,6 +233,8 @@ def test_cli_ddp_on_cpu_two_processes_one_output_directory(tmp_path: Path) -> No
         "trainer.devices=2",
         *overrides,
         f"data.synthetic.root={tmp_path / 'synthetic'}",
+        "data.val_synthetic.n_images=8",
+        "callbacks.online_probes.every_n_steps=1",
         f"hydra.run.dir={runs}/run",
         cwd=tmp_path,
         timeout=240,
@@ -242,7 +245,16 @@ def test_cli_ddp_on_cpu_two_processes_one_output_directory(tmp_path: Path) -> No
     run = runs / "run"
     assert len(list(run.rglob("config.yaml"))) == 1  # .hydra written by rank 0 only
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    assert len(list((run / "csv").rglob("metrics.csv"))) == 1
+    (metrics,) = (run / "csv").rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    # the online probes under DDP: features gathered, counts summed over the ranks
+    for name in ("val/linear_top1", "val/knn_top1"):
+        (value,) = [float(row[name]) for row in rows if row.get(name)]
+        assert 0 <= value <= 1, name
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    (probe,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("OnlineProbes")]
+    # 2 steps x 4 object crops x 2 ranks: the bank holds both ranks' features
+    assert int((probe["bank_labels"] >= 0).sum()) == probe["bank_next"] == 2 * 4 * 2
     assert "shuffle-BN across 2 ranks (cpu, gloo)" in output
     assert "* 4 (batch) * 2 (devices)" in output  # lr scaled with the global batch
     assert output.count("hcl-train: 2 steps") == 1  # the summary is printed by rank 0

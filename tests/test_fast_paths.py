@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from examples.custom_module import HCLSimCLR
-from hcl_lightning.baselines import HCLDenseCL, HCLMoCoV2, MoCoV2
+from hcl_lightning.baselines import HCLORL, HCLDenseCL, HCLMoCoV2, MoCoV2
 from hcl_lightning.config import ConfigError, validate_config
 from tests.test_mixin import TINY_MOCO, SceneBatches
 from tests.test_train_cli import compose_config, tiny_overrides
@@ -218,6 +218,22 @@ def test_densecl_compiles_the_resnet_layers_it_calls() -> None:
     assert names == {f"{b}.{n}" for b in ("backbone", "backbone_momentum") for n in expected}
 
 
+def test_orl_speed_options_keep_its_training_steps() -> None:
+    """ORL (BYOL-style, no queue) with channels_last and a compiled backbone: the same
+    losses and gradients as the plain model (eval-mode BatchNorm, float32 tolerance)."""
+    from tests.test_orl import TINY as TINY_ORL
+
+    orl = {**TINY_ORL, "hcl_lambda": 0.5, "hcl_queue_size": 16}
+    plain = record_fit(seeded_model(HCLORL, orl), steps=1, bn_eval=True)
+    model = seeded_model(HCLORL, orl, channels_last=True, compile_backbone="hcl_test_counting")
+    GRAPHS.clear()
+    fast = record_fit(model, steps=1, bn_eval=True)
+    assert len(GRAPHS) >= 2  # online and target backbones
+    assert model.backbone_momentum.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert_same_steps(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [MoCoV2, HCLORL])
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -230,9 +246,9 @@ def test_densecl_compiles_the_resnet_layers_it_calls() -> None:
         ),
     ],
 )
-def test_invalid_speed_options_are_named(kwargs, message) -> None:
+def test_invalid_speed_options_are_named(cls, kwargs, message) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        MoCoV2(**TINY_MOCO, **kwargs)
+        cls(**TINY_MOCO, **kwargs) if cls is MoCoV2 else cls(backbone="resnet18", **kwargs)
 
 
 # -- hcl-train config -------------------------------------------------------------------------
@@ -258,6 +274,9 @@ def test_hcl_train_config_composes_with_the_speed_options(tmp_path: Path) -> Non
     default = compose_config([])
     assert default.hcl.batched_forward is False and default.model.hcl_batched_forward is False
     assert (default.model.channels_last, default.model.compile_backbone) == (False, False)
+    for name in ("densecl", "orl"):  # every shipped baseline has the speed options
+        other = compose_config([f"model={name}", "model.channels_last=true"])
+        assert other.model.channels_last is True and other.model.compile_backbone is False
 
 
 @pytest.mark.usefixtures("_cache_dir")

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torchvision.transforms import RandomResizedCrop
 
 from hcl_lightning.baselines.backbones import build_resnet
-from hcl_lightning.baselines.base import MomentumBaseline
+from hcl_lightning.baselines.base import MomentumBaseline, check_speed_options
 from hcl_lightning.mixin import HCLMixin
 
 __all__ = ["HCLORL", "ORL", "select_inter_pairs"]
@@ -141,6 +141,11 @@ class ORL(MomentumBaseline):
         batch_size: per-device batch size, used for the lr scaling.
         warmup_epochs: epochs of linear lr warm-up.
         warmup_steps: optimiser steps of linear lr warm-up (overrides ``warmup_epochs``).
+        channels_last: convert the model and the input images to
+            ``torch.channels_last`` (see :meth:`MomentumBaseline.configure_model`).
+        compile_backbone: compile the online and target ResNets in place: ``False``,
+            ``True`` (inductor) or a ``torch.compile`` backend name.
+        compile_mode: ``torch.compile`` mode (inductor only), e.g. ``"max-autotune"``.
 
     Examples:
         >>> model = ORL(backbone="resnet50", batch_size=64)
@@ -168,8 +173,12 @@ class ORL(MomentumBaseline):
         batch_size: int = 256,
         warmup_epochs: int = 4,
         warmup_steps: int = 0,
+        channels_last: bool = False,
+        compile_backbone: bool | str = False,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
+        check_speed_options(channels_last, compile_backbone, compile_mode)
         if not 0.0 < inter_top_fraction <= 1.0:
             raise ValueError(f"inter_top_fraction must be in (0, 1], got {inter_top_fraction}")
         if not 0.0 < global_min_scale <= 1.0:

@@ -8,6 +8,7 @@ from hcl_lightning.data.boxes import (
     RandomBoxSource,
     build_box_source,
 )
+from hcl_lightning.data.color import FusedColorJitter
 from hcl_lightning.data.crops import CropSpec, SceneObjectSampler
 from hcl_lightning.data.datamodule import HCLDataModule
 from hcl_lightning.data.dataset import BAD_IMAGE_REASONS, HCLDataset, decode_image
@@ -15,7 +16,7 @@ from hcl_lightning.data.eval_crops import LabelledCropDataset
 from hcl_lightning.data.hygiene import DataHygieneMonitor
 from hcl_lightning.data.selective_search import SelectiveSearchBoxSource
 from hcl_lightning.data.synthetic import make_synthetic_scenes
-from hcl_lightning.data.transforms import HCLTransform
+from hcl_lightning.data.transforms import HCLTransform, LightTransform
 
 __all__ = [
     "BAD_IMAGE_REASONS",
@@ -23,12 +24,14 @@ __all__ = [
     "BoxSource",
     "CocoBoxSource",
     "CropSpec",
+    "FusedColorJitter",
     "HCLDataModule",
     "HCLDataset",
     "HCLTransform",
     "ImageRecord",
     "JsonBoxSource",
     "LabelledCropDataset",
+    "LightTransform",
     "RandomBoxSource",
     "SceneObjectSampler",
     "SelectiveSearchBoxSource",

@@ -68,6 +68,10 @@ class HCLDataModule(pl.LightningDataModule):
         batch_size: Samples per batch (per device).
         object_size: Side in pixels of the object views and object crop.
         scene_size: Side in pixels of the scene crop.
+        fused_color_jitter: Colour-jitter the scene and object crops in one affine
+            pass (:class:`~hcl_lightning.data.color.FusedColorJitter`: YIQ hue, one
+            rounding) instead of torchvision's ``ColorJitter``; the views keep lightly's
+            MoCo v2 augmentation.
         num_workers: DataLoader worker processes.
         pin_memory: Pin batches in page-locked memory; default: if CUDA is available.
         persistent_workers: Keep workers between epochs (only with num_workers > 0).
@@ -116,6 +120,7 @@ class HCLDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         object_size: int = 64,
         scene_size: int = 64,
+        fused_color_jitter: bool = False,
         num_workers: int = 0,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
@@ -154,6 +159,10 @@ class HCLDataModule(pl.LightningDataModule):
                 f"give val_fraction={val_fraction} (a hold-out of the training images) or "
                 "val_image_dir/val_ann_file (separate images), not both"
             )
+        if not isinstance(fused_color_jitter, bool):
+            raise ValueError(
+                f"fused_color_jitter must be true or false, got {fused_color_jitter!r}"
+            )
         if box_method not in BOX_METHODS:
             raise ValueError(f"box_method must be one of {BOX_METHODS}, got {box_method!r}")
         for name, value, low in (
@@ -190,7 +199,9 @@ class HCLDataModule(pl.LightningDataModule):
             scene_extra_boxes=tuple(scene_extra_boxes),
             scene_fallback_scale=tuple(scene_fallback_scale),
         )
-        self.transform = HCLTransform(object_size=object_size, scene_size=scene_size)
+        self.transform = HCLTransform(
+            object_size=object_size, scene_size=scene_size, fused_color_jitter=fused_color_jitter
+        )
         self._source: BoxSource | None = None
         self.train_dataset: HCLDataset | None = None
         self.val_dataset: LabelledCropDataset | None = None
