@@ -66,8 +66,8 @@ class HCLMixin:
     the features are the backbone features (``backbone(x).flatten(1)``) of the extra
     crops, online with gradient and from the key encoder without; the mixin maps them
     as :meth:`hcl_query` / :meth:`hcl_key` do (projection head in shared mode), so
-    ``hcl_query`` / ``hcl_key`` overrides are not used. :class:`MoCoV2` implements
-    it. Views, scenes and objects must have one shape (``data.scene_size ==
+    ``hcl_query`` / ``hcl_key`` overrides are not used. :class:`MoCoV2` and
+    :class:`DenseCL` implement it. Views, scenes and objects must have one shape (``data.scene_size ==
     data.object_size``); other batches raise a ``ValueError``. Trade-off: in eval mode
     the loss and gradients equal the separate passes' (tested), but in train mode
     BatchNorm normalises each kind of crop with statistics of the mixed batch: the

@@ -112,6 +112,17 @@ def test_batched_forward_equals_separate_passes_with_eval_mode_batchnorm(
     assert "hcl_head.log_alpha" in batched.grads[0]
 
 
+def test_densecl_batched_forward_equals_separate_passes_with_eval_mode_batchnorm() -> None:
+    """DenseCL's hook: one ResNet pass per encoder on [query view, scenes] and [key view,
+    objects]; the global and dense losses and every gradient equal the separate passes'."""
+    separate = record_fit(seeded_model(HCLDenseCL, HCL), steps=2, bn_eval=True)
+    batched = record_fit(seeded_model(HCLDenseCL, HCL, hcl_batched_forward=True), 2, True)
+    # DenseCL runs the ResNet layers itself; only the mixin's separate passes call it whole
+    assert separate.calls == {"backbone": [B] * 2, "backbone_momentum": [B] * 2}
+    assert batched.calls == {"backbone": [], "backbone_momentum": []}
+    assert_same_steps(batched, separate, rtol=1e-5, atol=1e-6)
+
+
 def test_batched_forward_in_train_mode_normalises_the_mixed_batch() -> None:
     """Train-mode BatchNorm normalises views with scenes (online) and with objects (keys):
     the step differs from the separate passes (the documented trade-off). Here (noise
@@ -128,7 +139,7 @@ def test_batched_forward_needs_the_hook_and_one_crop_shape() -> None:
     with pytest.raises(ValueError, match="no hcl_batched_step"):
         HCLSimCLR(hcl_queue_size=8, hcl_batched_forward=True)
     with pytest.raises(ValueError, match="no hcl_batched_step"):
-        seeded_model(HCLDenseCL, HCL, hcl_batched_forward=True)
+        HCLORL(backbone="resnet18", hcl_batched_forward=True)
     with pytest.raises(ValueError, match="hcl_batched_forward must be True or False"):
         seeded_model(HCLMoCoV2, HCL, hcl_batched_forward="yes")
     model = seeded_model(HCLMoCoV2, HCL, hcl_batched_forward=True)
@@ -289,8 +300,8 @@ def test_hcl_train_config_composes_with_the_speed_options(tmp_path: Path) -> Non
             "hcl.batched_forward=true with data.scene_size=48 and data.object_size=32",
         ),
         (
-            ["model=densecl", "hcl.batched_forward=true"],
-            "model._target_=hcl_lightning.baselines.HCLDenseCL has no hcl_batched_step",
+            ["model=orl", "hcl.batched_forward=true"],
+            "model._target_=hcl_lightning.baselines.HCLORL has no hcl_batched_step",
         ),
         (["model.compile_backbone=nope"], "model.compile_backbone='nope': must be false, true"),
         (
@@ -301,6 +312,9 @@ def test_hcl_train_config_composes_with_the_speed_options(tmp_path: Path) -> Non
     ],
 )
 def test_invalid_speed_options_in_the_config_are_named(tmp_path, overrides, message) -> None:
-    cfg = compose_config([*tiny_overrides(tmp_path), *overrides, f"output_dir={tmp_path}"])
+    tiny = tiny_overrides(tmp_path)
+    if "model=orl" in overrides:  # BYOL-style: no baseline queue
+        tiny = [o for o in tiny if not o.startswith("model.queue_size")]
+    cfg = compose_config([*tiny, *overrides, f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config(cfg)

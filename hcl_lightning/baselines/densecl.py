@@ -176,11 +176,16 @@ class DenseCL(MomentumBaseline):
         ]
 
     @staticmethod
-    def _encode(
-        backbone: nn.Module, head: nn.Module, dense_head: nn.Module, x: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(global (B, D), dense (B, S², D), backbone grid (B, S², C))`` of ``x``."""
-        grid = resnet_feature_map(backbone, x).flatten(start_dim=2).transpose(1, 2)
+    def _grid(backbone: nn.Module, x: Tensor) -> Tensor:
+        """The backbone's last feature map of ``x`` as a grid of cells ``(B, S², C)``."""
+        return resnet_feature_map(backbone, x).flatten(start_dim=2).transpose(1, 2)
+
+    def _heads(self, grid: Tensor, momentum: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """``(global (B, D), dense (B, S², D), grid)`` of a backbone ``grid``, by the
+        online or the momentum heads."""
+        suffix = "_momentum" if momentum else ""
+        head = getattr(self, f"projection_head{suffix}")
+        dense_head = getattr(self, f"dense_head{suffix}")
         return head(grid.mean(dim=1)), dense_head(grid), grid
 
     def forward(self, x: Tensor) -> Tensor:
@@ -189,16 +194,14 @@ class DenseCL(MomentumBaseline):
 
     def forward_dense(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Online ``(global (B, D), dense (B, S², D), backbone grid (B, S², C))``."""
-        return self._encode(self.backbone, self.projection_head, self.dense_head, x)
+        return self._heads(self._grid(self.backbone, x), momentum=False)
 
     @torch.no_grad()
     def forward_momentum(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Momentum ``(global, dense, backbone grid)`` of ``x``, with shuffle-BN."""
 
         def encoder(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            return self._encode(
-                self.backbone_momentum, self.projection_head_momentum, self.dense_head_momentum, x
-            )
+            return self._heads(self._grid(self.backbone_momentum, x), momentum=True)
 
         return tuple(out.detach() for out in shuffle_bn(encoder, x))
 
@@ -215,8 +218,13 @@ class DenseCL(MomentumBaseline):
         Both losses use the queues as they were before this call; then the global queue
         receives ``k`` and the dense queue the pooled dense keys (one per image).
         """
-        q, q_dense, q_grid = self.forward_dense(x0)
-        k, k_dense, k_grid = self.forward_momentum(x1)
+        return self._losses(self.forward_dense(x0), self.forward_momentum(x1))
+
+    def _losses(
+        self, query: tuple[Tensor, Tensor, Tensor], key: tuple[Tensor, Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`densecl_losses` of the encoders' ``(global, dense, grid)`` outputs."""
+        (q, q_dense, q_grid), (k, k_dense, k_grid) = query, key
         loss_global = self.criterion(q, k)
 
         # Correspondence by the backbone grids; positives from the dense key projection.
@@ -233,15 +241,58 @@ class DenseCL(MomentumBaseline):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         """One DenseCL step on a lightly-style batch ``((x0, x1), labels, names)``."""
+        return self._step(batch, batch_idx)[0]
+
+    def hcl_batched_step(
+        self, batch, batch_idx: int, query_extra: Tensor, key_extra: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`training_step` with extra crops in the same two encoder passes.
+
+        The hook of :class:`~hcl_lightning.HCLMixin`'s ``hcl_batched_forward``: one
+        online ResNet pass on ``cat[x0, query_extra]`` and one momentum pass, with
+        shuffle-BN, on ``cat[x1, key_extra]`` replace the query and key passes of
+        :meth:`training_step` and the mixin's two extra passes; the heads (global and
+        dense) run on the view rows only. As for :meth:`MoCoV2.hcl_batched_step
+        <hcl_lightning.baselines.MoCoV2.hcl_batched_step>`: the same loss and gradients
+        as the separate passes with eval-mode BatchNorm, batch statistics of the mixed
+        crops in train mode.
+
+        Args:
+            batch: lightly-style batch ``((x0, x1), labels, names)``.
+            batch_idx: index of the batch.
+            query_extra: ``(M, 3, H, W)`` crops for the online encoder (HCL: scenes).
+            key_extra: ``(M', 3, H, W)`` crops for the momentum encoder (HCL: objects).
+
+        Returns:
+            ``(loss, query_features, key_features)``: the DenseCL loss and the pooled
+            backbone features of the extra crops, online (with gradient) and momentum
+            (without).
+        """
+        return self._step(batch, batch_idx, (query_extra, key_extra))
+
+    def _step(self, batch, batch_idx: int, extra: tuple[Tensor, Tensor] | None = None):
+        """``(loss, *extra features)`` of a DenseCL step; see :meth:`hcl_batched_step`."""
         x0, x1 = batch[0][0], batch[0][1]
-        self.check_batch_size(x0.shape[0], batch_idx)
+        n = x0.shape[0]
+        self.check_batch_size(n, batch_idx)
         m = self.update_momentum_encoders()
 
-        loss_global, loss_dense = self.densecl_losses(x0, x1)
+        if extra is None:
+            loss_global, loss_dense = self.densecl_losses(x0, x1)
+            extra_features = ()
+        else:
+            query_grid = self._grid(self.backbone, torch.cat([x0, extra[0]]))
+            with torch.no_grad():
+                key_grid = shuffle_bn(
+                    lambda x: self._grid(self.backbone_momentum, x), torch.cat([x1, extra[1]])
+                )
+                key = self._heads(key_grid[:n], momentum=True)
+            query = self._heads(query_grid[:n], momentum=False)
+            loss_global, loss_dense = self._losses(query, key)
+            extra_features = (query_grid[n:].mean(dim=1), key_grid[n:].mean(dim=1))
         lam = self.current_dense_lambda()
         loss = (1.0 - lam) * loss_global + lam * loss_dense
 
-        n = x0.shape[0]
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=n)
         self.log_dict(
             {
@@ -253,7 +304,7 @@ class DenseCL(MomentumBaseline):
             batch_size=n,
         )
         self.log_schedules(m, batch_size=n)
-        return loss
+        return (loss, *extra_features)
 
 
 class HCLDenseCL(HCLMixin, DenseCL):
