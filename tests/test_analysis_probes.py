@@ -98,5 +98,9 @@ def test_permutation_band_brackets_chance_only() -> None:
 def test_bad_input_names_the_problem() -> None:
     with pytest.raises(ValueError, match="train: 3 feature rows but 2 labels"):
         knn_top1(np.zeros((3, 2)), np.zeros(2, int), np.zeros((1, 2)), np.zeros(1, int))
+    with pytest.raises(ValueError, match="test: 2 feature rows but 1 labels"):
+        linear_probe_top1(np.zeros((3, 2)), np.zeros(3, int), np.zeros((2, 2)), np.zeros(1, int))
+    with pytest.raises(ValueError, match="test: no samples"):
+        multilabel_map(np.zeros((3, 2)), np.zeros((3, 2)), np.zeros((0, 2)), np.zeros((0, 2)))
     with pytest.raises(ValueError, match="level"):
         permutation_band(auroc, np.zeros(3), np.zeros(3), level=1.5)

@@ -35,11 +35,20 @@ __all__ = [
 ]
 
 
-def _check_pair(x: np.ndarray, y: np.ndarray, name: str) -> None:
-    if len(x) != len(y):
-        raise ValueError(f"{name}: {len(x)} feature rows but {len(y)} labels")
-    if len(x) == 0:
-        raise ValueError(f"{name}: no samples")
+def _check_splits(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
+) -> None:
+    """Each split has samples, and as many labels as feature rows."""
+    for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        if len(x) != len(y):
+            raise ValueError(f"{name}: {len(x)} feature rows but {len(y)} labels")
+        if len(x) == 0:
+            raise ValueError(f"{name}: no samples")
+
+
+def _class_count(train_labels: Tensor, test_y: np.ndarray) -> int:
+    """Number of classes: one more than the largest label of either split."""
+    return int(max(train_labels.max().item(), int(np.max(test_y))) + 1)
 
 
 def knn_top1(
@@ -60,12 +69,11 @@ def knn_top1(
         k: neighbours (capped at N).
         temperature: temperature of the ``exp(sim / t)`` vote weights.
     """
-    _check_pair(train_x, train_y, "train")
-    _check_pair(test_x, test_y, "test")
+    _check_splits(train_x, train_y, test_x, test_y)
     bank = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
     queries = F.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
     labels = torch.as_tensor(train_y, dtype=torch.long)
-    num_classes = int(max(labels.max().item(), int(np.max(test_y))) + 1)
+    num_classes = _class_count(labels, test_y)
     pred = knn_predict(
         queries,
         bank.T.contiguous(),
@@ -122,11 +130,10 @@ def linear_probe_top1(
     max_iter: int = 200,
 ) -> float:
     """Top-1 accuracy of a multinomial logistic regression on standardised features."""
-    _check_pair(train_x, train_y, "train")
-    _check_pair(test_x, test_y, "test")
+    _check_splits(train_x, train_y, test_x, test_y)
     train, test = _standardise(train_x, test_x)
     labels = torch.as_tensor(train_y, dtype=torch.long)
-    n_classes = int(max(labels.max().item(), int(np.max(test_y))) + 1)
+    n_classes = _class_count(labels, test_y)
     weight, bias = _fit_linear(
         train, lambda z: F.cross_entropy(z, labels), n_classes, weight_decay, max_iter
     )
@@ -164,8 +171,7 @@ def multilabel_map(
         train_y, test_y: (N, C) / (M, C) 0/1 targets (e.g. which object classes an
             image shows). Classes without a positive test sample are left out of the mean.
     """
-    _check_pair(train_x, train_y, "train")
-    _check_pair(test_x, test_y, "test")
+    _check_splits(train_x, train_y, test_x, test_y)
     train, test = _standardise(train_x, test_x)
     targets = torch.as_tensor(np.asarray(train_y), dtype=torch.float64)
     weight, bias = _fit_linear(

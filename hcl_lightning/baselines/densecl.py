@@ -183,9 +183,10 @@ class DenseCL(MomentumBaseline):
     def _heads(self, grid: Tensor, momentum: bool) -> tuple[Tensor, Tensor, Tensor]:
         """``(global (B, D), dense (B, S², D), grid)`` of a backbone ``grid``, by the
         online or the momentum heads."""
-        suffix = "_momentum" if momentum else ""
-        head = getattr(self, f"projection_head{suffix}")
-        dense_head = getattr(self, f"dense_head{suffix}")
+        if momentum:
+            head, dense_head = self.projection_head_momentum, self.dense_head_momentum
+        else:
+            head, dense_head = self.projection_head, self.dense_head
         return head(grid.mean(dim=1)), dense_head(grid), grid
 
     def forward(self, x: Tensor) -> Tensor:

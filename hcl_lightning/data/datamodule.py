@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from hcl_lightning.data.boxes import (
     BOX_METHODS,
@@ -306,15 +307,7 @@ class HCLDataModule(pl.LightningDataModule):
         """Shuffled batches of full size (the last incomplete batch is dropped)."""
         if self.train_dataset is None:
             self.setup("fit")
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
+        return self._loader(self.train_dataset, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader | list:
         """Batches ``(crops, labels)`` of the validation crops of ``batch_size`` images
@@ -324,13 +317,20 @@ class HCLDataModule(pl.LightningDataModule):
             self.setup("fit")
         if self.val_dataset is None:
             return []
-        return DataLoader(
+        return self._loader(
             self.val_dataset,
-            batch_size=self.batch_size,
             shuffle=False,
             collate_fn=collate_crops,
+            generator=torch.Generator(),  # not torch's global generator: see the class doc
+        )
+
+    def _loader(self, dataset: Dataset, **options: Any) -> DataLoader:
+        """A DataLoader of ``dataset`` with this module's batch size and worker settings."""
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            generator=torch.Generator(),  # not torch's global generator: see the class doc
+            **options,
         )
