@@ -12,7 +12,7 @@ crops of the same side ``--size`` (the HCL scene crop: ``--scene-size``, default
   i.e. ``HCLDataset``: decode the image once, sample an object box and a scene around
   it (``SceneObjectSampler``), then 4 crops: 2 ``MoCoV2Transform`` views of the object
   region, the scene region and the object region, each resized with a light
-  augmentation (``LightTransform``: flip, colour jitter, normalise; with
+  augmentation (``WeakAugmentation``: flip, colour jitter, normalise; with
   ``--fused-color-jitter`` the scene/object jitter is ``FusedColorJitter``).
 
 Both DataLoaders use the same batch size, ``shuffle=True``, ``drop_last=True``,
@@ -31,7 +31,7 @@ medians, as the scene and object costs vary with the region size): decoding
 lightly's MoCo-v2 view transform (random resized crop, flips, colour jitter, grayscale,
 blur, to-tensor, normalise; summed over the 2 views) on the whole image (baseline) and
 on the object region (HCL), and the scene and object crops with their light
-augmentation (``LightTransform``).
+augmentation (``WeakAugmentation``).
 
 On CPU the main process uses one torch thread by default (``--threads``; DataLoader
 workers always use one), as in ``bench_step.py``. The load average is printed before
@@ -42,7 +42,7 @@ Usage::
     python benchmarks/bench_data.py                # 200 images of 256 px -> 64 px crops
     python benchmarks/bench_data.py --size 224     # crops of the paper's size
     python benchmarks/bench_data.py --scene-size 32  # scenes at half the object size
-    python benchmarks/bench_data.py --fused-color-jitter  # data.fused_color_jitter=true
+    python benchmarks/bench_data.py --fused-color-jitter  # data.crops.fused_color_jitter=true
     python benchmarks/bench_data.py --quick        # smoke run (< 30 s)
 """
 
@@ -64,7 +64,13 @@ from lightly.transforms import MoCoV2Transform
 from lightly.transforms.torchvision_v2_compatibility import torchvision_transforms as T
 from torch.utils.data import DataLoader
 
-from hcl_lightning.data import HCLDataModule, decode_image, make_synthetic_scenes
+from hcl_lightning.data import (
+    CropOptions,
+    HCLDataModule,
+    LoaderOptions,
+    decode_image,
+    make_synthetic_scenes,
+)
 
 PIPELINES = ("MoCo-v2", "HCL")
 TARGET = 0.8
@@ -94,9 +100,8 @@ def build_loaders(
         batch_size=args.batch_size,
         object_size=args.size,
         scene_size=args.scene_size,
-        fused_color_jitter=args.fused_color_jitter,
-        num_workers=workers,
-        pin_memory=False,
+        crops=CropOptions(fused_color_jitter=args.fused_color_jitter),
+        loader=LoaderOptions(num_workers=workers, pin_memory=False),
     )
     baseline = DataLoader(
         LightlyDataset(str(image_dir), transform=MoCoV2Transform(input_size=args.size)),
@@ -257,7 +262,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fused-color-jitter",
         action="store_true",
-        help="HCL scene/object crops with FusedColorJitter (data.fused_color_jitter=true)",
+        help="HCL scene/object crops with FusedColorJitter (data.crops.fused_color_jitter=true)",
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--passes", type=int, default=6, help="timed passes per pipeline")

@@ -111,7 +111,7 @@ from lightly.models.utils import update_momentum
 from torch.utils.data import DataLoader, Dataset
 
 from hcl_lightning.baselines import HCLMoCoV2, MoCoV2
-from hcl_lightning.data import HCLDataModule, make_synthetic_scenes
+from hcl_lightning.data import HCLDataModule, LoaderOptions, make_synthetic_scenes
 
 HCL_ARGS = {"hcl_lambda": 0.1, "hcl_tau": 0.2, "hcl_curvature": 0.05}
 PAPER_RATIO = 0.757 / 0.616
@@ -382,8 +382,7 @@ def measure_data(args: argparse.Namespace) -> tuple[float, Path]:
         batch_size=args.batch_size,
         object_size=args.image_size,
         scene_size=args.scene_size,
-        num_workers=0,
-        pin_memory=False,
+        loader=LoaderOptions(num_workers=0, pin_memory=False),
     )
     torch.manual_seed(0)
     batches = iter(datamodule.train_dataloader())

@@ -1,29 +1,15 @@
-"""Checkpoints that resume exactly: atomic writes, RNG states, a run's own last checkpoint.
+"""Checkpoint writing and resuming: atomic writes, a run's own last checkpoint.
 
-- :class:`AtomicCheckpointIO`: writes ``<name>.tmp-<pid>`` next to the target, fsyncs it
-  and ``os.replace``\\ s it over the target, so a kill during a write leaves the previous
-  ``last.ckpt`` intact. (Lightning 2.6's ``_atomic_save`` writes a local checkpoint to
-  ``tempfile.mkstemp()`` in the system temp directory and ``shutil.move``\\ s it: when
-  that directory is on another file system than the run, the usual case on clusters
-  with a node-local ``/tmp``, the move is a copy that rewrites the target in place, and a
-  large checkpoint can fill ``/tmp``.) Other file systems (``s3://``, ...) keep
-  Lightning's writer.
-- :class:`RNGStateCheckpoint`: puts the torch, numpy and Python RNG states (and CUDA's
-  when available) into the checkpoint and restores them on resume, so that shuffling
-  and augmentations continue as in an uninterrupted run when resuming from a checkpoint
-  written at the end of an epoch. A checkpoint written mid-epoch resumes at the right
-  step, but the data loader restarts its epoch from the beginning (Lightning restores
-  data-loader positions only for stateful loaders): such a resume is approximate.
-  Under DDP the states of rank 0 (which writes the checkpoint) are restored on every
-  rank.
+- :class:`AtomicCheckpointIO`: a checkpoint is written to a temp file next to the
+  target and renamed over it, so an interrupted write leaves the previous one intact.
 - :func:`resolve_ckpt_path`: ``ckpt_path=auto`` resumes from the run's *own* output
-  directory only (a SLURM pre-emption checkpoint ``hpc_ckpt_<n>.ckpt`` there, else
-  ``checkpoints/last.ckpt``), and starts from scratch when there is none; sweep jobs,
-  each with its own directory, never resume each other's checkpoints.
-- :func:`resume_epoch_end_checkpoints_at_next_epoch`: makes a run with ``max_steps``
-  set resume an end-of-epoch checkpoint at the start of the next epoch, as a run
-  without ``max_steps`` does (works around Lightning 2.x's loop-restart logic, see
-  :class:`EpochEndResumeFitLoop`).
+  directory only, or starts from scratch.
+- :func:`resume_epoch_end_checkpoints_at_next_epoch`: with ``max_steps`` set, an
+  end-of-epoch checkpoint resumes at the start of the next epoch, as without it.
+- :class:`~hcl_lightning.callbacks.RNGStateCheckpoint` (re-exported here): RNG states
+  in checkpoints.
+
+Why Lightning's own writer and loop are replaced: the distributed page of the docs.
 """
 
 from __future__ import annotations
@@ -34,16 +20,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
-from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from pytorch_lightning.loops.fit_loop import _FitLoop
 from pytorch_lightning.loops.loop import _Loop
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from hcl_lightning.callbacks.rng_state import RNGStateCheckpoint
 
 __all__ = [
     "AUTO",
@@ -61,13 +48,20 @@ AUTO = "auto"
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local writes are atomic (temp file + ``os.replace``).
 
-    A failed write (a full disk, ...) removes the temp file and raises an error that
-    names the checkpoint and the free space on its file system.
+    A local checkpoint is written to ``.<name>.tmp-<pid>`` next to the target, fsynced
+    and renamed over the target (``os.replace``), so a kill during a write leaves the
+    previous checkpoint intact. Other file systems (``s3://``, ...) and calls with
+    ``storage_options`` use Lightning's writer.
+
+    Raises:
+        RuntimeError: when a local write fails (e.g. a full disk); the temp file is
+            removed and the message names the checkpoint and the free space there.
 
     Example:
-        >>> trainer = pl.Trainer(plugins=[AtomicCheckpointIO()], ...)
+        >>> trainer = pl.Trainer(plugins=[AtomicCheckpointIO()])
     """
 
+    @override
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
     ) -> None:
@@ -122,31 +116,6 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-class RNGStateCheckpoint(pl.Callback):
-    """Saves the RNG states in every checkpoint and restores them on resume.
-
-    Restored as soon as the checkpoint is loaded, before the data loader of the
-    resumed epoch draws its shuffling seed.
-    """
-
-    def state_dict(self) -> dict[str, Any]:
-        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
-        if "numpy" in states:  # its array as a tensor: loadable with weights_only=True
-            kind, keys, pos, has_gauss, gauss = states["numpy"]
-            states["numpy"] = (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss)
-        return {"rng_states": states}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        states = dict(state_dict.get("rng_states", {}))
-        if "torch.cuda" in states and not torch.cuda.is_available():
-            states.pop("torch.cuda")
-        if "numpy" in states:
-            kind, keys, pos, has_gauss, gauss = states["numpy"]
-            states["numpy"] = (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
-        if states:
-            _set_rng_states(states)
-
-
 def _hpc_checkpoint(directory: Path) -> Path | None:
     found = []
     for path in directory.glob("hpc_ckpt_*.ckpt"):
@@ -183,24 +152,12 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | os.PathLike) -> s
 class EpochEndResumeFitLoop(_FitLoop):
     """Lightning's fit loop, but an end-of-epoch checkpoint resumes at the next epoch.
 
-    Lightning 2.x (``_FitLoop.restarting``, since Lightning PR #12821) marks the loop as
-    *restarting* after loading a checkpoint whenever ``max_steps != -1`` ("iteration-based
-    training"), even when the checkpoint's epoch had finished: ``ModelCheckpoint``
-    writes ``last.ckpt`` in ``on_train_epoch_end`` (epoch progress
-    ``ready == started == processed == completed + 1``, every batch of the epoch done).
-    Such a checkpoint is then restored as ``RESTARTED_ON_EPOCH_END`` instead of
-    ``RESUMED_ON_EPOCH_END``: ``on_train_epoch_start`` is skipped, the training-epoch loop
-    keeps the finished epoch's batch counter and, having no validation run to wait for,
-    runs one extra batch (``batch_idx == num_training_batches``) in the *old* epoch,
-    which then ends; a 2-epoch run killed in its 2nd epoch thus ends after
-    ``num_training_batches + 1`` steps. Without ``max_steps`` the same checkpoint
-    resumes correctly.
-
-    This loop drops the forced restart in exactly that case (the loaded epoch finished
-    with its last batch), so the checkpoint resumes as Lightning resumes it without
-    ``max_steps``: at the start of the next epoch. Any other checkpoint (mid-epoch,
-    after validation, on a ``max_steps`` stop mid-epoch, ...) is restored as Lightning
-    restores it. Install it with :func:`resume_epoch_end_checkpoints_at_next_epoch`.
+    With ``max_steps`` set, Lightning 2.x restores a checkpoint written at the end of an
+    epoch as a restart *inside* that finished epoch (it then runs one extra batch). This
+    loop drops the forced restart in exactly that case, so the checkpoint resumes at the
+    start of the next epoch, as Lightning resumes it without ``max_steps``; any other
+    checkpoint is restored as Lightning restores it. The details: the distributed page
+    of the docs. Install it with :func:`resume_epoch_end_checkpoints_at_next_epoch`.
     """
 
     def _loaded_epoch_finished(self) -> bool:

@@ -1,60 +1,156 @@
 """Checks of an ``hcl-train`` config, run before anything heavy is built.
 
-Each error names the key, the bad value and what is allowed, e.g.
-``hcl.tau=0: must be a finite number > 0 (temperature of the hyperbolic InfoNCE)``.
+The constructors own the checks of their arguments. This module maps the Hydra keys to
+those constructors (:class:`~hcl_lightning.HCLMixin` and the baselines for ``model`` /
+``hcl``, :class:`~hcl_lightning.data.HCLDataModule` and its option classes for
+``data``, the callbacks for ``callbacks``), calls their checks without building
+anything heavy, and translates their :class:`~hcl_lightning.checks.ArgumentError` into a
+:class:`ConfigError` that names the key, e.g.
+``hcl.tau=0: must be a finite number > 0``. What no single constructor can check stays
+here: missing keys, paths, Lightning's trainer values and combinations across groups.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
+import inspect
+import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import hydra
+from hydra.errors import InstantiationException
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from lightning_fabric.connector import _PRECISION_INPUT
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hcl_lightning.baselines.base import check_speed_options
-from hcl_lightning.mixin import HEAD_MODES
+from hcl_lightning import checks
+from hcl_lightning.baselines.base import check_baseline_arguments, check_speed_options
+from hcl_lightning.checks import ArgumentError, MissingPathError
+from hcl_lightning.data.datamodule import HCLDataModule
+from hcl_lightning.data.options import ValidationOptions
+from hcl_lightning.mixin import HCLMixin, check_batched_forward, check_hcl_arguments
 
-__all__ = ["ConfigError", "validate_config"]
+__all__ = [
+    "ConfigError",
+    "check_choice",
+    "check_number",
+    "check_path",
+    "constructor_errors",
+    "map_legacy_keys",
+    "require",
+    "validate_config",
+]
 
 #: Side above which the small-input (stride-1) stem makes a ResNet needlessly slow.
 SMALL_INPUT_MAX_SIZE = 96
+#: ``trainer.precision`` values: Lightning's own list.
+PRECISIONS = tuple(value for group in get_args(_PRECISION_INPUT) for value in get_args(group))
+#: ``HCLMixin``'s ``hcl_*`` arguments and their defaults, checked by
+#: :func:`~hcl_lightning.mixin.check_hcl_arguments`.
+HCL_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(HCLMixin.__init__).parameters.items()
+    if name.startswith("hcl_")
+}
+#: Arguments of the model node checked by
+#: :func:`~hcl_lightning.baselines.base.check_baseline_arguments`.
+BASELINE_ARGUMENTS = ("lr", "momentum", "weight_decay", "temperature", "queue_size")
+#: Option groups of ``data`` (instantiated from their ``_target_`` to check them).
+DATA_GROUPS = ("crops", "boxes", "images", "loader", "validation")
+#: Former keys, mapped by :func:`map_legacy_keys`: old key -> new key.
+LEGACY_KEYS = {
+    "callbacks.hyperbolic_monitor.lambda_warmup_steps": "callbacks.lambda_warmup.warmup_steps",
+    "callbacks.hyperbolic_monitor.target_lambda": "callbacks.lambda_warmup.target_lambda",
+    "model.hcl_head": "model.hcl_head_mode",
+}
 
 
 class ConfigError(ValueError):
     """An ``hcl-train`` config value that cannot work."""
 
 
-def _get(cfg: DictConfig, key: str) -> Any:
-    """The value at dotted ``key``; ``ConfigError`` if it is missing (``???``)."""
+# -- keys ---------------------------------------------------------------------------
+def require(cfg: DictConfig, key: str) -> Any:
+    """The value at dotted ``key``.
+
+    Raises:
+        ConfigError: if the key does not exist or is missing (``???``).
+    """
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if not isinstance(node, DictConfig) or leaf not in node.keys():  # keys(): also `???`
         raise ConfigError(f"{key} is not set: the config has no such key")
     if OmegaConf.is_missing(node, leaf):
         raise ConfigError(f"{key} is required: pass {key}=<value> on the command line")
-    return node[leaf]
+    try:
+        return node[leaf]
+    except Exception as error:  # an interpolation to a missing value
+        raise ConfigError(f"{key} is required: {error}") from None
 
 
-def _number(cfg: DictConfig, key: str, allowed: str, ok, what: str, integer=False) -> None:
-    value = _get(cfg, key)
-    kind = int if integer else (int, float)
-    valid = (
-        isinstance(value, kind)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and ok(value)
-    )
-    if not valid:
-        number = "an integer" if integer else "a finite number"
-        raise ConfigError(f"{key}={value!r}: must be {number} {allowed} ({what})")
+def _yaml(text: str) -> str:
+    """Python's spelling of ``True``/``False``/``None`` in a message, as YAML's."""
+    for python, yaml in (("True", "true"), ("False", "false"), ("None", "null")):
+        text = re.sub(rf"\b{python}\b", yaml, text)
+    return text
 
 
-def _choice(cfg: DictConfig, key: str, allowed: Iterable[Any], what: str) -> None:
-    value = _get(cfg, key)
+def _key_of(cfg: DictConfig, node: str, argument: str) -> str:
+    """The Hydra key that feeds ``argument`` of the constructor of ``node``: the key an
+    ``${...}`` interpolation points to (``model.hcl_tau: ${hcl.tau}``), else
+    ``node.argument``."""
+    parent = OmegaConf.select(cfg, node) if node else cfg
+    if isinstance(parent, DictConfig) and argument in parent:
+        raw = OmegaConf.to_container(parent, resolve=False).get(argument)
+        match = re.fullmatch(r"\$\{([\w.]+)\}", str(raw))
+        if match:
+            return match.group(1)
+    return f"{node}.{argument}" if node else argument
+
+
+@contextlib.contextmanager
+def constructor_errors(cfg: DictConfig, node: str) -> Iterator[None]:
+    """Translates the ``ArgumentError`` of a constructor fed from ``node`` into a
+    :class:`ConfigError` naming the Hydra key (``node`` ``""``: keys are the arguments).
+
+    Example:
+        >>> with constructor_errors(cfg, "data.loader"):
+        ...     LoaderOptions(**cfg.data.loader)  # num_workers=-1 ->
+        ConfigError: data.loader.num_workers=-1: must be an integer >= 0
+    """
+    try:
+        try:
+            yield
+        except InstantiationException as wrapped:  # Hydra wraps the constructor's error
+            cause = wrapped.__cause__
+            if isinstance(cause, ArgumentError):
+                raise cause from None
+            raise ConfigError(f"{node}: {cause or wrapped}") from None
+    except MissingPathError as error:
+        key = _key_of(cfg, node, error.argument)
+        resolved = Path(str(error.path)).expanduser().resolve()
+        raise ConfigError(f"{key}={error.path}: {error.kind} not found ({resolved})") from None
+    except ArgumentError as error:
+        key = _key_of(cfg, node, error.argument)
+        text = str(error)
+        if text.startswith(f"{error.argument}="):  # the message names the value itself
+            raise ConfigError(_yaml(key + text[len(error.argument) :])) from None
+        value = OmegaConf.select(cfg, key, default=error.value)
+        raise ConfigError(f"{key}={value!r}: {_yaml(error.requirement)}") from None
+
+
+def check_number(cfg: DictConfig, key: str, allowed: str, ok, integer: bool = False) -> None:
+    """:func:`hcl_lightning.checks.check_number` of the value at ``key``, as a ConfigError."""
+    with constructor_errors(cfg, ""):
+        checks.check_number(key, require(cfg, key), allowed, ok, integer=integer)
+
+
+def check_choice(cfg: DictConfig, key: str, allowed: Iterable[Any], what: str) -> None:
+    """Raises :class:`ConfigError` unless the value at ``key`` is one of ``allowed``."""
+    value = require(cfg, key)
     allowed = tuple(allowed)
     if value not in allowed:
         raise ConfigError(
@@ -62,29 +158,54 @@ def _choice(cfg: DictConfig, key: str, allowed: Iterable[Any], what: str) -> Non
         )
 
 
-def _path(cfg: DictConfig, key: str, directory: bool, optional: bool) -> None:
-    value = _get(cfg, key)
+def check_path(cfg: DictConfig, key: str, directory: bool, optional: bool) -> None:
+    """Raises :class:`ConfigError` unless the value at ``key`` names an existing file or
+    directory (or is null, with ``optional``)."""
+    value = require(cfg, key)
     if value is None:
         if optional:
             return
         raise ConfigError(f"{key} is required: pass {key}=<path>")
     path = Path(str(value)).expanduser()
-    exists = path.is_dir() if directory else path.is_file()
-    if not exists:
+    if not (path.is_dir() if directory else path.is_file()):
         kind = "directory" if directory else "file"
         raise ConfigError(f"{key}={value}: {kind} not found ({path.resolve()})")
+
+
+def _arguments(cfg: DictConfig, node: str, names: Iterable[str]) -> dict[str, Any]:
+    """The values of ``names`` present in ``node`` (each via :func:`require`)."""
+    parent = OmegaConf.select(cfg, node)
+    return {name: require(cfg, f"{node}.{name}") for name in names if name in parent}
+
+
+# -- the config ---------------------------------------------------------------------
+def map_legacy_keys(cfg: DictConfig) -> None:
+    """Moves the values of former keys (:data:`LEGACY_KEYS`) to their keys, in place,
+    with a ``DeprecationWarning``: e.g. ``callbacks.hyperbolic_monitor.lambda_warmup_steps``
+    (the warm-up left the monitor) becomes ``callbacks.lambda_warmup.warmup_steps``."""
+    for old, new in LEGACY_KEYS.items():
+        parent, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(cfg, parent)
+        if not isinstance(node, DictConfig) or leaf not in node:
+            continue
+        warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=2)
+        value = node[leaf]
+        with open_dict(node):
+            del node[leaf]
+        with open_dict(cfg):
+            OmegaConf.update(cfg, new, value, force_add=True)
 
 
 def validate_config(cfg: DictConfig) -> None:
     """Raises :class:`ConfigError` (a ``ValueError``) for the first value that cannot work.
 
-    Checks the ``hcl`` group (``lam`` >= 0, ``tau`` > 0, ``c`` > 0, ``queue_size`` >= 0,
-    ``head``), ``data.batch_size`` and crop sizes, that ``data.image_dir`` /
-    ``data.ann_file`` / ``data.proposals`` exist (not for generated synthetic data,
-    whose paths are filled in later), the model target, ``ckpt_path`` and the speed
-    options (``model.channels_last``, ``model.compile_backbone``, ``model.compile_mode``,
-    ``hcl.batched_forward``). Warns when the small-input stem is combined with large
-    crops (``preset=demo`` on real data).
+    Maps the former keys first (:func:`map_legacy_keys`), then checks the ``hcl`` and
+    ``model`` keys (through :func:`~hcl_lightning.mixin.check_hcl_arguments` and the
+    baselines' checks), ``data`` (through :class:`~hcl_lightning.data.HCLDataModule`'s
+    checks and its option classes; paths must exist, except for generated synthetic
+    data, whose paths are filled in later), the callbacks of ``hcl_lightning``, the
+    trainer values, ``ckpt_path``, and combinations across groups. Warns when the
+    small-input stem is combined with large crops (``preset=demo`` on real data).
 
     Args:
         cfg: the composed config of ``hcl-train``.
@@ -95,102 +216,111 @@ def validate_config(cfg: DictConfig) -> None:
     for group in ("model", "data", "trainer", "hcl"):
         if not isinstance(OmegaConf.select(cfg, group), DictConfig):
             raise ConfigError(f"{group}: config group missing; choose one with {group}=<option>")
+    map_legacy_keys(cfg)
+    _check_model(cfg)
+    _check_data(cfg)
+    _check_callbacks(cfg)
+    _check_trainer(cfg)
+    ckpt = require(cfg, "ckpt_path")  # resume: only ever explicit
+    if ckpt is not None and ckpt not in ("last", "hpc", "auto"):
+        check_path(cfg, "ckpt_path", directory=False, optional=True)
+    _check_combinations(cfg)
 
-    # hcl: the hyperbolic branch
-    _number(cfg, "hcl.lam", ">= 0", lambda v: v >= 0, "weight λ of the hyperbolic loss")
-    _number(cfg, "hcl.tau", "> 0", lambda v: v > 0, "temperature of the hyperbolic InfoNCE")
-    _number(cfg, "hcl.c", "> 0", lambda v: v > 0, "curvature of the Poincaré ball")
-    _number(
-        cfg, "hcl.queue_size", ">= 0", lambda v: v >= 0, "hyperbolic queue length", integer=True
-    )
-    _choice(cfg, "hcl.head", HEAD_MODES, "projection head of the hyperbolic branch")
-    if _get(cfg, "hcl.alpha") is not None:
-        _number(cfg, "hcl.alpha", "> 0 or null", lambda v: v > 0, "scale before expmap0")
-    if _get(cfg, "hcl.clip_r") is not None:
-        _number(cfg, "hcl.clip_r", ">= 0 or null", lambda v: v >= 0, "tangent-norm guard")
-    _choice(cfg, "hcl.learn_curvature", (True, False), "learn the curvature")
 
-    # model
-    target = _get(cfg, "model._target_")
+def _check_model(cfg: DictConfig) -> None:
+    """``model._target_``, the hyperbolic branch, the baseline and its speed options."""
+    target = require(cfg, "model._target_")
     if not isinstance(target, str) or "." not in target:
         raise ConfigError(f"model._target_={target!r}: must be a dotted class path")
-    if "queue_size" in cfg.model:
-        _number(cfg, "model.queue_size", ">= 1", lambda v: v >= 1, "MoCo queue", integer=True)
+    with constructor_errors(cfg, "model"):
+        check_hcl_arguments(**{**HCL_DEFAULTS, **_arguments(cfg, "model", HCL_DEFAULTS)})
+        check_baseline_arguments(**_arguments(cfg, "model", BASELINE_ARGUMENTS))
+        check_speed_options(
+            OmegaConf.select(cfg, "model.channels_last", default=False),
+            OmegaConf.select(cfg, "model.compile_backbone", default=False),
+            OmegaConf.select(cfg, "model.compile_mode", default=None),
+        )
+        batched = OmegaConf.select(cfg, "model.hcl_batched_forward", default=False)
+        try:
+            model_class = get_class(target)
+        except (ImportError, ValueError):  # instantiating the model reports a bad target
+            return
+        check_batched_forward(model_class, f"model._target_={target}", batched)
 
-    # data
-    _number(cfg, "data.batch_size", ">= 1", lambda v: v >= 1, "per-device batch", integer=True)
-    for key in ("data.object_size", "data.scene_size"):
-        if OmegaConf.select(cfg, key) is not None:
-            _number(cfg, key, ">= 1", lambda v: v >= 1, "crop side in pixels", integer=True)
+
+def _check_data(cfg: DictConfig) -> None:
+    """The datamodule's own arguments and option groups, and its paths."""
+    for group in DATA_GROUPS:
+        node = OmegaConf.select(cfg, f"data.{group}")
+        if isinstance(node, DictConfig) and "_target_" in node:
+            with constructor_errors(cfg, f"data.{group}"):
+                hydra.utils.instantiate(node, _convert_="all")
+    with constructor_errors(cfg, "data"):
+        HCLDataModule.check_arguments(
+            OmegaConf.select(cfg, "data.ann_file"),
+            OmegaConf.select(cfg, "data.proposals"),
+            require(cfg, "data.batch_size"),
+            OmegaConf.select(cfg, "data.object_size", default=64),
+            OmegaConf.select(cfg, "data.scene_size", default=64),
+        )
     synthetic = OmegaConf.select(cfg, "data.synthetic")
-    if synthetic is not None:
-        _number(
+    if synthetic is not None:  # generated: the paths are filled in later
+        check_number(
             cfg,
             "data.synthetic.n_images",
             ">= data.batch_size",
             lambda v: v >= max(1, cfg.data.batch_size),
-            "images generated; one batch at least",
             integer=True,
         )
-        _number(
-            cfg, "data.synthetic.image_size", ">= 32", lambda v: v >= 32, "image side", integer=True
-        )
-    else:
-        _path(cfg, "data.image_dir", directory=True, optional=False)
-        for key in ("data.ann_file", "data.proposals"):
-            if key.rpartition(".")[2] in cfg.data.keys():
-                _path(cfg, key, directory=False, optional=True)
-        if (
-            OmegaConf.select(cfg, "data.ann_file") is not None
-            and OmegaConf.select(cfg, "data.proposals") is not None
-        ):
-            raise ConfigError(
-                "data.ann_file and data.proposals are both set: give at most one box source"
-            )
-
-    # resume: only ever explicit
-    ckpt = _get(cfg, "ckpt_path")
-    if ckpt is not None and ckpt not in ("last", "hpc", "auto"):
-        _path(cfg, "ckpt_path", directory=False, optional=True)
-
-    _check_training(cfg)
-    _check_speed_options(cfg)
-
-    size = max(
-        OmegaConf.select(cfg, "data.object_size") or 0,
-        OmegaConf.select(cfg, "data.scene_size") or 0,
-    )
-    if OmegaConf.select(cfg, "model.small_input") and size > SMALL_INPUT_MAX_SIZE:
-        warnings.warn(
-            f"model.small_input=true (stride-1 stem for 32-96 px) with {size}-px crops is "
-            "slow and not the paper's setup; use preset=paper (ResNet-50, standard stem)",
-            stacklevel=2,
+        check_number(cfg, "data.synthetic.image_size", ">= 32", lambda v: v >= 32, integer=True)
+        return
+    image_dir = require(cfg, "data.image_dir")
+    if image_dir is None:
+        raise ConfigError("data.image_dir is required: pass data.image_dir=<path>")
+    with constructor_errors(cfg, "data"):  # before the keys that may be required
+        checks.check_path("image_dir", image_dir, directory=True)
+    paths = {
+        key: require(cfg, f"data.{key}")
+        for key in ("ann_file", "proposals")
+        if key in cfg.data.keys()
+    }
+    validation = OmegaConf.select(cfg, "data.validation")
+    with constructor_errors(cfg, "data"):
+        HCLDataModule.check_paths(
+            image_dir,
+            paths.get("ann_file"),
+            paths.get("proposals"),
+            ValidationOptions(
+                **{
+                    k: validation[k]
+                    for k in ("image_dir", "ann_file")
+                    if validation is not None and k in validation
+                }
+            ),
         )
 
 
-#: ``trainer.precision`` values Lightning accepts.
-PRECISIONS = (
-    "32-true",
-    "32",
-    32,
-    "64-true",
-    "64",
-    64,
-    "16-mixed",
-    "16",
-    16,
-    "bf16-mixed",
-    "bf16",
-    "16-true",
-    "bf16-true",
-    "transformer-engine",
-    "transformer-engine-float16",
-)
+def _check_callbacks(cfg: DictConfig) -> None:
+    """Makes every callback of ``hcl_lightning`` (they are light) to run its checks."""
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not isinstance(node, DictConfig):
+            continue
+        if not str(node.get("_target_", "")).startswith("hcl_lightning."):
+            continue
+        with constructor_errors(cfg, f"callbacks.{name}"):
+            hydra.utils.instantiate(node, _convert_="all")
 
 
-def _optional_number(cfg: DictConfig, key: str, allowed: str, ok, what: str, integer=False):
-    if OmegaConf.select(cfg, key, default=None) is not None:
-        _number(cfg, key, allowed, ok, what, integer=integer)
+def _check_trainer(cfg: DictConfig) -> None:
+    """Lightning's ``precision`` values and ``accumulate_grad_batches``."""
+    if OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=None) is not None:
+        check_number(cfg, "trainer.accumulate_grad_batches", ">= 1", lambda v: v >= 1, integer=True)
+    precision = OmegaConf.select(cfg, "trainer.precision", default=None)
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={precision!r}: must be one of "
+            f"{', '.join(map(str, PRECISIONS))} (Lightning's precision)"
+        )
 
 
 def _world_size(cfg: DictConfig) -> int | None:
@@ -206,58 +336,9 @@ def _world_size(cfg: DictConfig) -> int | None:
     return devices * nodes
 
 
-def _check_training(cfg: DictConfig) -> None:
-    """Data hygiene, trainer, optimiser and queue checks, and incompatible combinations."""
-    _optional_number(
-        cfg,
-        "data.max_bad_fraction",
-        "in [0, 1]",
-        lambda v: 0 <= v <= 1,
-        "largest tolerated fraction of bad images",
-    )
-    _optional_number(
-        cfg,
-        "data.max_image_pixels",
-        ">= 1 or null",
-        lambda v: v >= 1,
-        "pixel budget of a decoded image",
-        integer=True,
-    )
-    _optional_number(
-        cfg, "data.num_workers", ">= 0", lambda v: v >= 0, "DataLoader workers", integer=True
-    )
-    for key in ("data.min_object_size", "data.min_box_size"):
-        _optional_number(cfg, key, ">= 0", lambda v: v >= 0, "box side in pixels")
-    _optional_number(cfg, "model.lr", "> 0", lambda v: v > 0, "base learning rate")
-    _optional_number(cfg, "model.temperature", "> 0", lambda v: v > 0, "InfoNCE temperature")
-    _optional_number(
-        cfg, "model.momentum", "in [0, 1]", lambda v: 0 <= v <= 1, "momentum-encoder EMA"
-    )
-    _optional_number(cfg, "model.weight_decay", ">= 0", lambda v: v >= 0, "weight decay")
-    _optional_number(cfg, "hcl.dim", ">= 1", lambda v: v >= 1, "separate head output", integer=True)
-    _optional_number(
-        cfg,
-        "trainer.accumulate_grad_batches",
-        ">= 1",
-        lambda v: v >= 1,
-        "batches per optimiser step",
-        integer=True,
-    )
-    _optional_number(
-        cfg,
-        "callbacks.nonfinite_guard.max_consecutive",
-        ">= 1",
-        lambda v: v >= 1,
-        "bad steps in a row that stop training",
-        integer=True,
-    )
-
+def _check_combinations(cfg: DictConfig) -> None:
+    """Values that are fine alone but not together."""
     precision = OmegaConf.select(cfg, "trainer.precision", default=None)
-    if precision is not None and precision not in PRECISIONS:
-        raise ConfigError(
-            f"trainer.precision={precision!r}: must be one of 32-true, bf16-mixed, 16-mixed, "
-            "64-true, bf16-true, 16-true (Lightning's precision)"
-        )
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
     if accelerator == "cpu" and str(precision) in ("16-mixed", "16"):
         raise ConfigError(
@@ -281,47 +362,22 @@ def _check_training(cfg: DictConfig) -> None:
                 f"model.queue_size={max(1, queue // global_batch) * global_batch}"
             )
 
-
-def _check_speed_options(cfg: DictConfig) -> None:
-    """``model.channels_last`` / ``compile_backbone`` / ``compile_mode`` and
-    ``hcl.batched_forward`` (a baseline with the hook, crops of one size)."""
-    speed = {
-        key: OmegaConf.select(cfg, f"model.{key}", default=default)
-        for key, default in (
-            ("channels_last", False),
-            ("compile_backbone", False),
-            ("compile_mode", None),
-        )
-    }
-    try:
-        check_speed_options(**speed)
-    except ValueError as error:
-        raise ConfigError(f"model.{error}") from None
-    batched = _get(cfg, "hcl.batched_forward")
-    if not isinstance(batched, bool):  # not _choice: 1 == True
-        raise ConfigError(
-            f"hcl.batched_forward={batched!r}: must be true or false (batched encoder passes)"
-        )
-    if not batched:
-        return
     sizes = (
         OmegaConf.select(cfg, "data.scene_size", default=None),
         OmegaConf.select(cfg, "data.object_size", default=None),
     )
-    if sizes[0] != sizes[1]:
+    batched = OmegaConf.select(cfg, "model.hcl_batched_forward", default=False)
+    if batched and sizes[0] != sizes[1]:
         raise ConfigError(
             f"hcl.batched_forward=true with data.scene_size={sizes[0]} and "
             f"data.object_size={sizes[1]}: scenes are concatenated with the object views, "
             "so the sizes must be equal; set them equal or hcl.batched_forward=false"
         )
-    target = _get(cfg, "model._target_")
-    try:
-        model_class = get_class(target)
-    except (ImportError, ValueError):  # instantiating the model reports a bad target
-        return
-    if not hasattr(model_class, "hcl_batched_step"):
-        raise ConfigError(
-            f"hcl.batched_forward=true: model._target_={target} has no hcl_batched_step "
-            "hook (batched encoder passes exist for model=moco_v2); use "
-            "hcl.batched_forward=false"
+
+    size = max(sizes[0] or 0, sizes[1] or 0)
+    if OmegaConf.select(cfg, "model.small_input") and size > SMALL_INPUT_MAX_SIZE:
+        warnings.warn(
+            f"model.small_input=true (stride-1 stem for 32-96 px) with {size}-px crops is "
+            "slow and not the paper's setup; use preset=paper (ResNet-50, standard stem)",
+            stacklevel=3,
         )

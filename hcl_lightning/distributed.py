@@ -4,8 +4,8 @@ MoCo-style queues (lightly's memory banks and :class:`~hcl_lightning.HyperbolicK
 are buffers, so that checkpoints hold them. ``torch.nn.parallel.DistributedDataParallel``
 broadcasts every buffer from rank 0 before each forward by default
 (``broadcast_buffers=True``): the queues would be copied to all ranks at every step
-(3 × 65536 × 128 floats, ~100 MB, for HCL on MoCo-v2) and rank-local buffers such as
-the momentum encoder's shuffle-BN statistics overwritten. Our queues gather the keys
+and rank-local buffers such as the momentum encoder's shuffle-BN statistics
+overwritten. Our queues gather the keys
 of all ranks (in rank order) before enqueueing, so every rank holds the same queue
 without any broadcast; :class:`HCLDDPStrategy` therefore turns the broadcast off.
 

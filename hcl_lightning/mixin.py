@@ -2,22 +2,85 @@
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from hcl_lightning.checks import ArgumentError, check_choice, check_flag, check_number
 from hcl_lightning.distributed import is_distributed, shuffle_bn
-from hcl_lightning.heads import PoincareProjectionHead
-from hcl_lightning.losses import HyperbolicInfoNCELoss
+from hcl_lightning.hyperbolic.heads import PoincareProjectionHead
+from hcl_lightning.hyperbolic.losses import HyperbolicInfoNCELoss
 from hcl_lightning.optim import attach_parameters
 
-__all__ = ["HCLMixin", "HEAD_MODES"]
+__all__ = ["HCLMixin", "HEAD_MODES", "check_batched_forward", "check_hcl_arguments"]
 
-#: ``hcl_head`` values: reuse the baseline's projection head, or an MLP of our own.
+#: ``hcl_head_mode`` values: reuse the baseline's projection head, or an MLP of our own.
 HEAD_MODES = ("shared", "separate")
+
+
+def check_hcl_arguments(
+    *,
+    hcl_lambda: float,
+    hcl_tau: float,
+    hcl_curvature: float,
+    hcl_queue_size: int,
+    hcl_alpha: float | None,
+    hcl_clip_r: float | None,
+    hcl_head_mode: str,
+    hcl_dim: int,
+    hcl_learn_curvature: bool,
+    hcl_batched_forward: bool,
+) -> None:
+    """The checks of :class:`HCLMixin`'s arguments, without building anything.
+
+    The head's and the loss's arguments are checked by
+    :meth:`PoincareProjectionHead.check_arguments` and
+    :meth:`HyperbolicInfoNCELoss.check_arguments`, under the mixin's names.
+
+    Raises:
+        ArgumentError: (a ``ValueError``) naming the first argument out of range.
+    """
+    check_number("hcl_lambda", hcl_lambda, ">= 0", lambda v: v >= 0)
+    check_choice("hcl_head_mode", hcl_head_mode, HEAD_MODES)
+    check_number("hcl_dim", hcl_dim, ">= 1", lambda v: v >= 1, integer=True)
+    check_flag("hcl_learn_curvature", hcl_learn_curvature)
+    check_flag("hcl_batched_forward", hcl_batched_forward)
+    names = {
+        "temperature": "hcl_tau",
+        "curvature": "hcl_curvature",
+        "queue_size": "hcl_queue_size",
+        "alpha": "hcl_alpha",
+        "clip_r": "hcl_clip_r",
+    }
+    try:
+        HyperbolicInfoNCELoss.check_arguments(hcl_tau, hcl_curvature, hcl_queue_size)
+        PoincareProjectionHead.check_arguments(hcl_curvature, hcl_alpha, hcl_clip_r)
+    except ArgumentError as error:
+        raise error.renamed(names.get(error.argument, error.argument)) from None
+
+
+def check_batched_forward(baseline: Any, name: str, hcl_batched_forward: bool) -> None:
+    """Raises ``ArgumentError`` if ``hcl_batched_forward`` is set for a baseline without
+    the ``hcl_batched_step`` hook (see :class:`HCLMixin`).
+
+    Args:
+        baseline: the baseline class, or ``super()`` inside the mixin.
+        name: what to call it in the message.
+        hcl_batched_forward: the flag.
+    """
+    if hcl_batched_forward and getattr(baseline, "hcl_batched_step", None) is None:
+        raise ArgumentError(
+            "hcl_batched_forward",
+            hcl_batched_forward,
+            f"needs a baseline hook hcl_batched_step; {name} has no hcl_batched_step hook "
+            "(MoCoV2 and DenseCL have one)",
+            message=f"hcl_batched_forward=True: {name} has no "
+            "hcl_batched_step(batch, batch_idx, query_extra, key_extra) hook (see "
+            "HCLMixin; MoCoV2 has one); use hcl_batched_forward=False",
+        )
 
 
 def _last_linear(module: nn.Module) -> nn.Linear | None:
@@ -48,7 +111,7 @@ class HCLMixin:
     features of scene / object crops) in the baseline itself (the mixin defers to them)
     or in the HCL subclass.
 
-    With ``hcl_head="shared"`` (the paper) the ball map sits on the baseline's
+    With ``hcl_head_mode="shared"`` (the paper) the ball map sits on the baseline's
     projection head output; with ``"separate"`` an own MLP maps backbone features
     (keys use the same MLP, without gradient). The hyperbolic parameters reach the
     optimiser whatever the baseline's ``configure_optimizers`` returns (see
@@ -67,17 +130,11 @@ class HCLMixin:
     crops, online with gradient and from the key encoder without; the mixin maps them
     as :meth:`hcl_query` / :meth:`hcl_key` do (projection head in shared mode), so
     ``hcl_query`` / ``hcl_key`` overrides are not used. :class:`MoCoV2` and
-    :class:`DenseCL` implement it. Views, scenes and objects must have one shape (``data.scene_size ==
-    data.object_size``); other batches raise a ``ValueError``. Trade-off: in eval mode
-    the loss and gradients equal the separate passes' (tested), but in train mode
-    BatchNorm normalises each kind of crop with statistics of the mixed batch: the
-    online pass mixes views and scenes, the key pass views and objects (under DDP its
-    shuffle-BN shuffles the mixed batch across ranks, so every rank's key statistics
-    mix views and objects too). On one device the online and key BatchNorm batches then
-    share two thirds of their images (both views), where the separate passes normalise
-    a query view and its positive key view in different batches: BatchNorm can leak
-    more about the positive pair. The default separate passes keep per-kind BatchNorm
-    statistics, as the paper's code does.
+    :class:`DenseCL` implement it. Views, scenes and objects must have one shape
+    (``data.scene_size == data.object_size``); other batches raise a ``ValueError``.
+    In train mode BatchNorm then normalises each kind of crop with statistics of the
+    mixed batch (the performance page of the docs discusses what that changes); the
+    default separate passes keep per-kind statistics, as the paper's code does.
 
     HCL batches are mappings with keys ``views`` (list of 2 tensors), ``scene``,
     ``object`` and optionally ``labels``, ``index``, ``n_objects`` (see
@@ -93,13 +150,19 @@ class HCLMixin:
         hcl_alpha: initial scale before ``expmap0`` (``None``: ``1/sqrt(dim)``).
         hcl_clip_r: outlier guard on the tangent norm (``None``: 99.5% of the radius,
             0: off).
-        hcl_head: ``"shared"`` or ``"separate"``.
+        hcl_head_mode: ``"shared"`` or ``"separate"`` (formerly ``hcl_head``, still
+            accepted with a ``DeprecationWarning``).
         hcl_dim: output dimension of a separate head (default 128).
         hcl_learn_curvature: learn ``c`` (geoopt's softplus parametrisation).
         hcl_batched_forward: one online and one key forward per step for the baseline's
             views and the scene / object crops together (see above); needs the
             baseline's ``hcl_batched_step``.
         **kwargs: passed on to the baseline's ``__init__``.
+
+    Raises:
+        ArgumentError: (a ``ValueError``) for an argument out of range (see
+            :func:`check_hcl_arguments`), or ``hcl_batched_forward=True`` for a baseline
+            without ``hcl_batched_step``.
 
     Example:
         >>> class HCLMoCoV2(HCLMixin, MoCoV2):
@@ -116,31 +179,27 @@ class HCLMixin:
         hcl_queue_size: int = 65536,
         hcl_alpha: float | None = None,
         hcl_clip_r: float | None = None,
-        hcl_head: str = "shared",
+        hcl_head_mode: str = "shared",
         hcl_dim: int = 128,
         hcl_learn_curvature: bool = False,
         hcl_batched_forward: bool = False,
         **kwargs: Any,
     ) -> None:
+        if "hcl_head" in kwargs:  # the former name; popped before the baseline records kwargs
+            warnings.warn(
+                "HCLMixin(hcl_head=...) is deprecated; use hcl_head_mode=... (self.hcl_head "
+                "is the PoincareProjectionHead module)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            hcl_head_mode = kwargs.pop("hcl_head")
+        check_hcl_arguments(**{k: v for k, v in locals().items() if k.startswith("hcl_")})
         super().__init__(*args, **kwargs)
-        if not (math.isfinite(hcl_lambda) and hcl_lambda >= 0):
-            raise ValueError(f"hcl_lambda must be a finite number >= 0, got {hcl_lambda!r}")
-        if hcl_head not in HEAD_MODES:
-            raise ValueError(f"hcl_head must be one of {HEAD_MODES}, got {hcl_head!r}")
-        if not isinstance(hcl_batched_forward, bool):
-            raise ValueError(
-                f"hcl_batched_forward must be True or False, got {hcl_batched_forward!r}"
-            )
-        if hcl_batched_forward and getattr(super(), "hcl_batched_step", None) is None:
-            raise ValueError(
-                f"hcl_batched_forward=True: {type(self).__name__}'s baseline has no "
-                "hcl_batched_step(batch, batch_idx, query_extra, key_extra) hook (see "
-                "HCLMixin; MoCoV2 has one); use hcl_batched_forward=False"
-            )
+        check_batched_forward(super(), f"{type(self).__name__}'s baseline", hcl_batched_forward)
         self.hcl_batched_forward = hcl_batched_forward
         self.hcl_lambda = float(hcl_lambda)
-        self.hcl_head_mode = hcl_head
-        input_dim, hidden_dim, output_dim = self._hcl_head_dims(hcl_head, hcl_dim)
+        self.hcl_head_mode = hcl_head_mode
+        input_dim, hidden_dim, output_dim = self._hcl_head_dims(hcl_head_mode, hcl_dim)
         self.hcl_head = PoincareProjectionHead(
             input_dim=input_dim,
             hidden_dim=hidden_dim,
@@ -169,7 +228,7 @@ class HCLMixin:
             if last is None:
                 raise AttributeError(
                     f"{type(self).__name__} has no `projection_head` with a Linear layer; "
-                    "use hcl_head='separate' or override hcl_query/hcl_key and _hcl_head_dims"
+                    "use hcl_head_mode='separate' or override hcl_query/hcl_key and _hcl_head_dims"
                 )
             return last.out_features, None, None
         first = _first_linear(head) if head is not None else None
@@ -177,7 +236,7 @@ class HCLMixin:
         if features is None:
             raise AttributeError(
                 f"{type(self).__name__}: cannot infer the backbone feature dimension for "
-                "hcl_head='separate'; set `self.feat_dim` in the baseline"
+                "hcl_head_mode='separate'; set `self.feat_dim` in the baseline"
             )
         return features, 2 * dim if dim < features else features, dim
 
@@ -304,7 +363,7 @@ class HCLMixin:
 
         Defined so that Lightning runs the validation loop whenever the datamodule has
         validation data, for callbacks that validate (e.g.
-        :class:`~hcl_lightning.probes.OnlineProbes`), also for baselines without a step.
+        :class:`~hcl_lightning.callbacks.online_probes.OnlineProbes`), also for baselines without a step.
         """
         return super().validation_step(batch, batch_idx)
 

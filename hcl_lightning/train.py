@@ -32,6 +32,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hcl_lightning.callbacks import DataHygieneMonitor, MetricHistory, NonFiniteGuard
 from hcl_lightning.checkpointing import (
     resolve_ckpt_path,
     resume_epoch_end_checkpoints_at_next_epoch,
@@ -70,27 +71,6 @@ def _dirname(overrides: str) -> str:
 
 
 OmegaConf.register_new_resolver("hcl_dirname", _dirname, replace=True)
-
-
-class _MetricHistory(pl.Callback):
-    """Keeps the per-step values of :data:`SUMMARY_METRICS` for the summary's trend."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, list[float]] = {}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        metrics = trainer.callback_metrics
-        for key in SUMMARY_METRICS:
-            if key in metrics:
-                self.values.setdefault(key, []).append(float(metrics[key]))
-
-    def trend(self, key: str) -> tuple[float, float] | None:
-        """Means of the first and of the last :data:`TREND_STEPS` values of ``key``."""
-        values = self.values.get(key)
-        if not values or len(values) < 2 * TREND_STEPS:
-            return None
-        head, tail = values[:TREND_STEPS], values[-TREND_STEPS:]
-        return sum(head) / len(head), sum(tail) / len(tail)
 
 
 def _instantiate_dict(node: DictConfig | None) -> list[Any]:
@@ -146,7 +126,7 @@ def _output_dir(cfg: DictConfig) -> Path:
 
 
 def _summary(
-    trainer: pl.Trainer, history: _MetricHistory, seconds: float, output_dir: Path
+    trainer: pl.Trainer, history: MetricHistory, seconds: float, output_dir: Path
 ) -> dict[str, Any]:
     metrics = {
         key.removeprefix("train/"): float(trainer.callback_metrics[key])
@@ -179,9 +159,6 @@ def _summary(
 
 def _hygiene(trainer: pl.Trainer) -> dict[str, Any]:
     """``data_hygiene`` (skipped images, dropped boxes) and ``nonfinite_steps``, if watched."""
-    from hcl_lightning.data import DataHygieneMonitor
-    from hcl_lightning.guards import NonFiniteGuard
-
     found: dict[str, Any] = {}
     for callback in trainer.callbacks:
         if isinstance(callback, DataHygieneMonitor):
@@ -233,7 +210,7 @@ def _print_summary(summary: dict[str, Any], lam: float) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Validates ``cfg``, trains, and returns the summary of the run.
 
-    Steps: :func:`~hcl_lightning.config.validate_config`; seeding; generating the
+    Steps: :func:`~hcl_lightning.config.validate_config` (on a copy of ``cfg``); seeding; generating the
     synthetic scenes for ``data=synthetic``; instantiating the datamodule, model,
     callbacks, loggers and trainer from their ``_target_``; ``trainer.fit`` (resuming
     only from ``cfg.ckpt_path``); printing the summary on rank 0.
@@ -253,15 +230,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Raises:
         ConfigError: (a ``ValueError``) for an invalid config, before anything is built.
     """
+    cfg = copy.deepcopy(cfg)  # the caller's config keeps its synthetic node and keys
     validate_config(cfg)
     output_dir = _output_dir(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    cfg = copy.deepcopy(cfg)  # the caller's config keeps its synthetic node
     prepare_synthetic_data(cfg)
 
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
-    history = _MetricHistory()
+    history = MetricHistory(SUMMARY_METRICS, TREND_STEPS)
     callbacks = [*_instantiate_dict(cfg.get("callbacks")), history]
     # ckpt_path=auto: this run's own last/pre-emption checkpoint, if any (SLURM requeue)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)

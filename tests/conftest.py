@@ -1,11 +1,13 @@
-"""Shared test fixtures and references: deterministic seeds, points inside a Poincaré
-ball, MoCo's InfoNCE against a queue."""
+"""Shared fixtures: a deterministic seed for every test, and the tiny HCL fit of
+:mod:`tests.helpers` (run once per session). Helpers that are not fixtures live in
+:mod:`tests.helpers`."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+
+from tests.helpers import TinyFit, run_tiny_fit
 
 
 @pytest.fixture(autouse=True)
@@ -13,15 +15,7 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-def ball_points(n: int, dim: int, c: float, max_fraction: float = 0.9, dtype=torch.float64):
-    """``n`` random points of the ball of curvature ``c``, norms uniform in [0, max_fraction*R)."""
-    directions = torch.nn.functional.normalize(torch.randn(n, dim, dtype=torch.float64), dim=1)
-    radii = torch.rand(n, 1, dtype=torch.float64) * max_fraction / c**0.5
-    return (directions * radii).to(dtype)
-
-
-def info_nce(q, k, bank, tau):
-    """Hand-written InfoNCE of queries ``q`` with positives ``k`` and negatives ``bank``."""
-    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
-    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ bank.T], dim=1) / tau
-    return -torch.log_softmax(logits, dim=1)[:, 0].mean()
+@pytest.fixture(scope="session")
+def tiny_fit(tmp_path_factory: pytest.TempPathFactory) -> TinyFit:
+    """The tiny HCL fit (checkpoint, data, logs), made once per session."""
+    return run_tiny_fit(tmp_path_factory.getbasetemp())

@@ -49,7 +49,7 @@ SCRIPT = textwrap.dedent(
 
     from hcl_lightning.baselines import HCLMoCoV2
     from hcl_lightning.distributed import HCLDDPStrategy
-    from tests.test_mixin import SceneBatches
+    from tests.helpers import SceneBatches
 
     out, world, steps, global_batch, queue = (
         Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -223,7 +223,7 @@ def test_sync_batchnorm_on_cpu_falls_back_with_a_log_line(tmp_path: Path) -> Non
 
 def test_cli_ddp_on_cpu_two_processes_one_output_directory(tmp_path: Path) -> None:
     """``hcl-train trainer=ddp trainer.accelerator=cpu trainer.devices=2`` (gloo)."""
-    from tests.test_train_cli import run_cli, tiny_overrides
+    from tests.helpers import run_cli, tiny_overrides
 
     runs = tmp_path / "outputs"
     overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("data.synthetic.root")]

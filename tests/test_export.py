@@ -18,7 +18,6 @@ from hcl_lightning.export import (
     load_checkpoint_state_dict,
     to_detectron2_key,
 )
-from tests.tiny_fit import tiny_fit
 
 # torchvision -> detectron2 names checked by hand against detectron2's ResNet
 # (stem.conv1 + its norm; res2..res5 blocks; shortcut + its norm).
@@ -35,11 +34,6 @@ HAND_CHECKED = {
     "layer4.2.bn3.running_var": "res5.2.conv3.norm.running_var",
     "layer4.0.downsample.1.running_mean": "res5.0.shortcut.norm.running_mean",
 }
-
-
-@pytest.fixture(scope="module")
-def fit(tmp_path_factory):
-    return tiny_fit(tmp_path_factory.getbasetemp())
 
 
 @pytest.mark.parametrize("arch", [resnet18, resnet50])
@@ -79,17 +73,17 @@ def test_torchvision_export_loads_into_resnet50(tmp_path):
     assert torch.equal(target.layer3[2].conv2.weight, source.layer3[2].conv2.weight)
 
 
-def test_export_from_lightning_checkpoint(fit, tmp_path):
-    state = load_checkpoint_state_dict(fit.checkpoint)
-    tv = export_torchvision(fit.checkpoint, tmp_path / "r18.pth")
+def test_export_from_lightning_checkpoint(tiny_fit, tmp_path):
+    state = load_checkpoint_state_dict(tiny_fit.checkpoint)
+    tv = export_torchvision(tiny_fit.checkpoint, tmp_path / "r18.pth")
     result = resnet18(weights=None).load_state_dict(torch.load(tmp_path / "r18.pth"), strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
     assert torch.equal(tv["layer2.1.bn2.running_mean"], state["backbone.layer2.1.bn2.running_mean"])
-    momentum = backbone_state_dict(fit.checkpoint, encoder="momentum")
+    momentum = backbone_state_dict(tiny_fit.checkpoint, encoder="momentum")
     assert torch.equal(momentum["conv1.weight"], state["backbone_momentum.conv1.weight"])
     assert not torch.equal(momentum["conv1.weight"], tv["conv1.weight"])  # 3 EMA steps apart
 
-    d2 = export_detectron2(fit.checkpoint, tmp_path / "r18.pkl")
+    d2 = export_detectron2(tiny_fit.checkpoint, tmp_path / "r18.pkl")
     with open(tmp_path / "r18.pkl", "rb") as f:
         assert pickle.load(f)["model"].keys() == d2["model"].keys()
     np.testing.assert_array_equal(

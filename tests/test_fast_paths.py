@@ -13,12 +13,21 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader
 
-from examples.custom_module import HCLSimCLR
 from hcl_lightning.baselines import HCLORL, HCLDenseCL, HCLMoCoV2, MoCoV2
 from hcl_lightning.config import ConfigError, validate_config
-from tests.test_mixin import TINY_MOCO, SceneBatches
-from tests.test_train_cli import compose_config, tiny_overrides
-from tests.tiny_fit import quiet_trainer, seeded_model
+from tests.helpers import (
+    TINY_MOCO,
+    SceneBatches,
+    compose_config,
+    load_example,
+    quiet_trainer,
+    seeded_model,
+    tiny_overrides,
+)
+
+custom_module = load_example("custom_module")
+HCLSimCLR = custom_module.HCLSimCLR
+
 
 HCL = {**TINY_MOCO, "hcl_lambda": 0.5, "hcl_queue_size": 16}
 B = TINY_MOCO["batch_size"]
@@ -100,10 +109,10 @@ def test_batched_forward_equals_separate_passes_with_eval_mode_batchnorm(
     separate = (
         plain_steps
         if head == "shared"
-        else record_fit(seeded_model(HCLMoCoV2, HCL, hcl_head=head), steps, bn_eval=True)
+        else record_fit(seeded_model(HCLMoCoV2, HCL, hcl_head_mode=head), steps, bn_eval=True)
     )
     batched = record_fit(
-        seeded_model(HCLMoCoV2, HCL, hcl_head=head, hcl_batched_forward=True), steps, True
+        seeded_model(HCLMoCoV2, HCL, hcl_head_mode=head, hcl_batched_forward=True), steps, True
     )
     # One online and one momentum pass per step, of views + views + extra crops.
     assert batched.calls == {"backbone": [3 * B] * steps, "backbone_momentum": [3 * B] * steps}
@@ -232,7 +241,7 @@ def test_densecl_compiles_the_resnet_layers_it_calls() -> None:
 def test_orl_speed_options_keep_its_training_steps() -> None:
     """ORL (BYOL-style, no queue) with channels_last and a compiled backbone: the same
     losses and gradients as the plain model (eval-mode BatchNorm, float32 tolerance)."""
-    from tests.test_orl import TINY as TINY_ORL
+    from tests.helpers import TINY_ORL
 
     orl = {**TINY_ORL, "hcl_lambda": 0.5, "hcl_queue_size": 16}
     plain = record_fit(seeded_model(HCLORL, orl), steps=1, bn_eval=True)

@@ -11,71 +11,14 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from examples.custom_module import HCLSimCLR, SimCLR
 from hcl_lightning import HCLMixin
 from hcl_lightning.baselines import HCLMoCoV2, MoCoV2
-from tests.tiny_fit import quiet_trainer, seeded_model, tiny_kwargs
+from tests.helpers import TINY_MOCO, SceneBatches, ViewsOnly, fit, load_example, seeded_model
 
-TINY_MOCO = tiny_kwargs(queue_size=32, batch_size=8)
-
-
-class SceneBatches(Dataset):
-    """Deterministic random HCL samples (no image decoding)."""
-
-    def __init__(self, n: int = 32, size: int = 32, object_in_scene: bool = False) -> None:
-        generator = torch.Generator().manual_seed(1)
-        self.images = torch.randn(n, 4, 3, size, size, generator=generator)
-        if object_in_scene:  # the object crop is a noisy copy of its scene
-            self.images[:, 3] = self.images[:, 2] + 0.1 * self.images[:, 3]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict:
-        v0, v1, scene, obj = self.images[index]
-        return {"views": [v0, v1], "scene": scene, "object": obj, "index": index}
-
-
-class ViewsOnly(SceneBatches):
-    """The same samples as a lightly batch ``((x0, x1), label, name)``."""
-
-    def __getitem__(self, index: int):
-        sample = super().__getitem__(index)
-        return sample["views"], 0, str(index)
-
-
-class Capture(pl.Callback):
-    """Records each step's loss and the backbone gradients before the optimiser step."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-        self.grads: list[dict[str, torch.Tensor]] = []
-        self.metrics: list[dict[str, float]] = []
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.grads.append(
-            {
-                n: p.grad.clone()
-                for n, p in pl_module.backbone.named_parameters()
-                if p.grad is not None
-            }
-        )
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.losses.append(float(loss))
-        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
-
-
-def fit(model: pl.LightningModule, dataset: Dataset, steps: int, batch_size: int = 8) -> Capture:
-    capture = Capture()
-    trainer = quiet_trainer(max_steps=steps, callbacks=[capture])
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=True)
-    torch.manual_seed(123)
-    trainer.fit(model, train_dataloaders=loader)
-    return capture
+custom_module = load_example("custom_module")
+HCLSimCLR = custom_module.HCLSimCLR
+SimCLR = custom_module.SimCLR
 
 
 def build(cls, **kwargs):
@@ -143,7 +86,7 @@ def test_hyperbolic_loss_decreases_on_training() -> None:
 
 
 def test_separate_head_maps_backbone_features() -> None:
-    model = build(HCLMoCoV2, hcl_head="separate", hcl_dim=8, hcl_queue_size=16)
+    model = build(HCLMoCoV2, hcl_head_mode="separate", hcl_dim=8, hcl_queue_size=16)
     assert model.hcl_head.output_dim == 8
     capture = fit(model, SceneBatches(n=8), steps=1)
     assert torch.isfinite(torch.tensor(capture.losses)).all()
@@ -153,7 +96,7 @@ def test_invalid_mixin_arguments_are_rejected() -> None:
     with pytest.raises(ValueError, match="hcl_lambda"):
         build(HCLMoCoV2, hcl_lambda=-0.1)
     with pytest.raises(ValueError, match="hcl_head"):
-        build(HCLMoCoV2, hcl_head="both")
+        build(HCLMoCoV2, hcl_head_mode="both")
     with pytest.raises(ValueError, match="temperature"):
         build(HCLMoCoV2, hcl_tau=0.0)
 
@@ -221,3 +164,12 @@ def test_baseline_hooks_take_precedence_over_the_mixin_defaults() -> None:
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model.hcl_query(x), model.forward(x) * 2)
     torch.testing.assert_close(model.hcl_key(x), model.forward(x) * 3)
+
+
+def test_former_hcl_head_keyword_still_works_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="hcl_head_mode"):
+        model = build(HCLMoCoV2, hcl_head="separate", hcl_dim=8, hcl_queue_size=16)
+    assert model.hcl_head_mode == "separate" and model.hcl_head.output_dim == 8
+    assert model.hparams.hcl_head_mode == "separate" and "hcl_head" not in model.hparams
+    with pytest.raises(ValueError, match="hcl_head"), pytest.warns(DeprecationWarning):
+        build(HCLMoCoV2, hcl_head="both")

@@ -1,7 +1,7 @@
 """Mixed precision on the CPU: bf16-mixed trains finite; "16-mixed" on CPU is really bf16.
 
 fp16-mixed (``trainer.precision=16-mixed``) needs a GPU: there Lightning uses fp16
-autocast with a gradient scaler (see :class:`hcl_lightning.guards.NonFiniteGuard`). The
+autocast with a gradient scaler (see :class:`hcl_lightning.callbacks.nonfinite_guard.NonFiniteGuard`). The
 hyperbolic distances are computed in float32 with autocast disabled in both cases.
 """
 
@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from hcl_lightning.baselines import HCLMoCoV2
-from hcl_lightning.guards import NonFiniteGuard
-from tests.test_mixin import TINY_MOCO, SceneBatches
+from hcl_lightning.callbacks.nonfinite_guard import NonFiniteGuard
+from tests.helpers import TINY_MOCO, SceneBatches
 
 
 class Losses(pl.Callback):

@@ -29,8 +29,7 @@ from hcl_lightning.checkpointing import (
     resolve_ckpt_path,
     resume_epoch_end_checkpoints_at_next_epoch,
 )
-from tests.test_mixin import TINY_MOCO, SceneBatches
-from tests.test_train_cli import compose_config, tiny_overrides
+from tests.helpers import TINY_MOCO, SceneBatches, compose_config, tiny_overrides
 
 BATCH = 4
 N = 16  # 4 steps per epoch

@@ -33,8 +33,18 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
 
-from hcl_lightning.config import ConfigError, _choice, _get, _number, _path
+from hcl_lightning.analysis.embed import (
+    embed_dataset,
+    load_model,
+    read_coco,
+    read_folder,
+    resolve_device,
+)
+from hcl_lightning.analysis.norms import norms_vs_objects
+from hcl_lightning.analysis.out_of_context import out_of_context_scores
+from hcl_lightning.config import ConfigError, check_choice, check_number, check_path, require
 from hcl_lightning.data.synthetic import check_context_args, prepare_synthetic_data
+from hcl_lightning.export import export_detectron2, export_torchvision
 
 __all__ = ["COMMANDS", "KEYS", "compose_config", "main"]
 
@@ -103,8 +113,6 @@ def _out(cfg: DictConfig, command: str) -> Path:
 
 def _images(cfg: DictConfig) -> list:
     """The images of ``cfg.data`` (generated first for ``data=synthetic``)."""
-    from hcl_lightning.analysis.embed import read_coco, read_folder
-
     prepare_synthetic_data(cfg)
     ann_file = OmegaConf.select(cfg, "data.ann_file")
     if ann_file is not None:
@@ -124,8 +132,6 @@ def _analyse(cfg: DictConfig, command: str, analysis, **kwargs) -> dict:
     Passes the output folder, the shared keys (``image_size``, ``batch_size``,
     ``num_workers``) and ``kwargs``; returns what ``analysis`` returns.
     """
-    from hcl_lightning.analysis.embed import load_model
-
     images = _images(cfg)
     model = load_model(cfg.checkpoint, cfg.model_class, device=cfg.device)
     return analysis(
@@ -145,8 +151,6 @@ def _print_values(result: dict, keys: Sequence[str]) -> None:
 
 
 def _run_norms(cfg: DictConfig) -> None:
-    from hcl_lightning.analysis.norms import norms_vs_objects
-
     result = _analyse(cfg, "norms", norms_vs_objects, scene_crops=cfg.scene_crops, seed=cfg.seed)
     print(f"spearman_rho={_fmt(result['spearman_rho'])}")
     print(f"spearman_p={_fmt(result['spearman_p'])}")
@@ -154,8 +158,6 @@ def _run_norms(cfg: DictConfig) -> None:
 
 
 def _run_ooc(cfg: DictConfig) -> None:
-    from hcl_lightning.analysis.out_of_context import out_of_context_scores
-
     result = _analyse(
         cfg,
         "out-of-context",
@@ -171,16 +173,12 @@ def _run_ooc(cfg: DictConfig) -> None:
 
 
 def _run_embed(cfg: DictConfig) -> None:
-    from hcl_lightning.analysis.embed import embed_dataset
-
     meta = _analyse(cfg, "embed", embed_dataset, fmt=cfg.format or "npy")
     _print_values(meta, ("n_images", "feature_dim", "ball_dim"))
     print(f"out={_out(cfg, 'embed')}")
 
 
 def _run_export(cfg: DictConfig) -> None:
-    from hcl_lightning.export import export_detectron2, export_torchvision
-
     fmt = cfg.format or "torchvision"
     out = _out(cfg, "export")
     if out.is_dir() or not out.suffix:
@@ -246,29 +244,27 @@ def _check(cfg: DictConfig, command: Command) -> None:
     unknown = sorted(set(cfg.keys()) - {"data", *KEYS})
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r}; {_KNOWN}")
-    _path(cfg, "checkpoint", directory=False, optional=False)
-    if "format" in command.keys and _get(cfg, "format") is not None:
-        _choice(cfg, "format", command.formats, f"null means {command.formats[0]}")
+    check_path(cfg, "checkpoint", directory=False, optional=False)
+    if "format" in command.keys and require(cfg, "format") is not None:
+        check_choice(cfg, "format", command.formats, f"null means {command.formats[0]}")
     if "encoder" in command.keys:
-        _choice(cfg, "encoder", ("online", "momentum"), "encoder exported")
+        check_choice(cfg, "encoder", ("online", "momentum"), "encoder exported")
     if not command.images:
         return
     for key, (low, nullable) in INTEGER_KEYS.items():
-        if key not in command.keys or (nullable and _get(cfg, key) is None):
+        if key not in command.keys or (nullable and require(cfg, key) is None):
             continue
         allowed = f">= {low}" + (" or null" if nullable else "")
-        _number(cfg, key, allowed, lambda v, low=low: v >= low, KEYS[key], integer=True)
-    _number(cfg, "min_box_size", ">= 0", lambda v: v >= 0, KEYS["min_box_size"])
-    from hcl_lightning.analysis.embed import resolve_device
-
+        check_number(cfg, key, allowed, lambda v, low=low: v >= low, integer=True)
+    check_number(cfg, "min_box_size", ">= 0", lambda v: v >= 0)
     try:
-        resolve_device(str(_get(cfg, "device")))
+        resolve_device(str(require(cfg, "device")))
     except RuntimeError as error:
         raise ConfigError(f"device={cfg.device!r}: {error}") from None
     if OmegaConf.select(cfg, "data.synthetic") is not None:
-        for key, low, what in SYNTHETIC_KEYS:
+        for key, low, _what in SYNTHETIC_KEYS:
             ok = lambda v, low=low: v >= low  # noqa: E731
-            _number(cfg, f"data.synthetic.{key}", f">= {low}", ok, what, integer=True)
+            check_number(cfg, f"data.synthetic.{key}", f">= {low}", ok, integer=True)
         synthetic = cfg.data.synthetic
         try:
             check_context_args(
@@ -280,9 +276,9 @@ def _check(cfg: DictConfig, command: Command) -> None:
         except ValueError as error:
             raise ConfigError(f"data.synthetic.{error}") from None
         return  # generated: image_dir and ann_file are filled in later
-    _path(cfg, "data.image_dir", directory=True, optional=False)
+    check_path(cfg, "data.image_dir", directory=True, optional=False)
     if "ann_file" in cfg.data:
-        _path(cfg, "data.ann_file", directory=False, optional=True)
+        check_path(cfg, "data.ann_file", directory=False, optional=True)
     if command.boxes and OmegaConf.select(cfg, "data.ann_file") is None:
         raise ConfigError(
             "data.ann_file is not set: this command needs object boxes; use data=coco "

@@ -20,12 +20,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from hcl_lightning.data.boxes import _load_json, list_images, sanitize_boxes
-from hcl_lightning.data.crops import to_pixels
-from hcl_lightning.data.dataset import load_image
-from hcl_lightning.data.eval_crops import eval_transform
+from hcl_lightning.data.boxes import CocoBoxSource, list_images
+from hcl_lightning.data.eval_crops import Box, RegionCropDataset, eval_transform
 
 __all__ = [
     "DEFAULT_MODEL_CLASS",
@@ -42,8 +40,6 @@ __all__ = [
 
 #: Class used to rebuild a model from a checkpoint unless another one is given.
 DEFAULT_MODEL_CLASS = "hcl_lightning.baselines.HCLMoCoV2"
-
-Box = tuple[float, float, float, float]
 
 
 # -- model ----------------------------------------------------------------------------
@@ -127,46 +123,38 @@ class AnnotatedImage:
 def read_coco(
     image_dir: str | Path, ann_file: str | Path, min_box_size: float = 1.0
 ) -> list[AnnotatedImage]:
-    """Images and non-crowd boxes of a COCO instances file (boxes clipped, tiny ones dropped).
+    """Images and non-crowd boxes of a COCO instances file, read by
+    :class:`~hcl_lightning.data.CocoBoxSource` (boxes clipped, tiny ones dropped), with
+    what the analyses need besides: annotation ids, category ids and names, and the
+    optional ``out_of_context`` flag.
 
-    Keeps what :class:`~hcl_lightning.data.CocoBoxSource` drops but the analyses need:
-    annotation ids, category names and the optional ``out_of_context`` flag.
+    Raises:
+        FileNotFoundError, ValueError: as :class:`~hcl_lightning.data.CocoBoxSource`.
     """
-    image_dir, ann_file = Path(image_dir), Path(ann_file)
-    data = _load_json(ann_file)
-    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-        raise ValueError(f"{ann_file}: expected a COCO JSON with 'images' and 'annotations'")
-    names = {int(c["id"]): str(c.get("name", c["id"])) for c in data.get("categories") or []}
-    flagged = any("out_of_context" in a for a in data["annotations"])
-    by_image: dict[int, list[dict]] = {int(im["id"]): [] for im in data["images"]}
-    for ann in data["annotations"]:
-        if not ann.get("iscrowd", 0) and int(ann["image_id"]) in by_image:
-            by_image[int(ann["image_id"])].append(ann)
+    source = CocoBoxSource(
+        image_dir, ann_file, min_box_size, annotation_fields={"id": -1, "out_of_context": 0}
+    )
+    flagged = "out_of_context" in source.annotation_fields_seen
+    category_ids = np.asarray(source.category_ids, np.int64)
+    image_dir = Path(image_dir)
     images = []
-    for im in data["images"]:
-        anns = by_image[int(im["id"])]
-        width, height = int(im["width"]), int(im["height"])
-        xywh = np.asarray([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
-        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        boxes, keep = sanitize_boxes(xyxy, width, height, min_box_size)
-        anns = [a for a, k in zip(anns, keep, strict=True) if k]
-        category_ids = np.asarray([int(a.get("category_id", -1)) for a in anns], np.int64)
+    for record in source.records:
         images.append(
             AnnotatedImage(
-                path=image_dir / im["file_name"],
-                file_name=str(im["file_name"]),
-                image_id=int(im["id"]),
-                width=width,
-                height=height,
-                boxes=boxes[keep],
-                ann_ids=np.asarray([int(a.get("id", -1)) for a in anns], np.int64),
-                category_ids=category_ids,
-                category_names=[names.get(int(c), str(int(c))) for c in category_ids],
-                out_of_context=(
-                    np.asarray([int(a.get("out_of_context", 0)) for a in anns], np.int64)
-                    if flagged
-                    else None
+                path=record.path,
+                file_name=(
+                    record.path.relative_to(image_dir).as_posix()
+                    if record.path.is_relative_to(image_dir)
+                    else str(record.path)
                 ),
+                image_id=int(record.image_id),
+                width=record.width,
+                height=record.height,
+                boxes=record.boxes,
+                ann_ids=record.annotations["id"],
+                category_ids=category_ids[record.labels],
+                category_names=[source.class_names[label] for label in record.labels],
+                out_of_context=record.annotations["out_of_context"] if flagged else None,
             )
         )
     return images
@@ -183,27 +171,8 @@ def read_folder(image_dir: str | Path) -> list[AnnotatedImage]:
     ]
 
 
-class CropDataset(Dataset):
-    """``(path, box)`` items to ``(tensor, ok)``: the box region (whole image if None),
-    resized. An unreadable image gives a zero tensor and ``ok = False``."""
-
-    def __init__(self, items: Sequence[tuple[Path, Box | None]], size: int) -> None:
-        self.items = list(items)
-        self.size = size
-        self.transform = eval_transform(size)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, bool]:
-        path, box = self.items[index]
-        try:
-            image = load_image(Path(path))
-        except Exception:  # unreadable images are reported, never crash the analysis
-            return torch.zeros(3, self.size, self.size), False
-        if box is not None:
-            image = image.crop(to_pixels(np.asarray(box, np.float64), *image.size))
-        return self.transform(image), True
+#: Former name of :class:`~hcl_lightning.data.eval_crops.RegionCropDataset`.
+CropDataset = RegionCropDataset
 
 
 # -- embedding ------------------------------------------------------------------------
@@ -248,7 +217,7 @@ def embed_crops(
             lambda _m, _i, out: captured.append(out.flatten(start_dim=1))
         )
     loader = DataLoader(
-        CropDataset(items, image_size), batch_size=batch_size, num_workers=num_workers
+        RegionCropDataset(items, image_size), batch_size=batch_size, num_workers=num_workers
     )
     balls, feats, oks = [], [], []
     try:

@@ -30,8 +30,8 @@ from hcl_lightning.analysis.embed import (
     output_dir,
     write_csv,
 )
-from hcl_lightning.data.dataset import load_image
-from hcl_lightning.geometry import poincare_distance
+from hcl_lightning.data.images import load_image
+from hcl_lightning.hyperbolic.geometry import poincare_distance
 
 __all__ = ["OOC_COLUMNS", "auroc", "out_of_context_scores"]
 

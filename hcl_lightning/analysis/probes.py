@@ -167,9 +167,11 @@ def multilabel_map(
     """Mean average precision of one-vs-rest logistic regressions (multi-label probe).
 
     Args:
-        train_x, test_x: (N, F) / (M, F) features.
-        train_y, test_y: (N, C) / (M, C) 0/1 targets (e.g. which object classes an
-            image shows). Classes without a positive test sample are left out of the mean.
+        train_x: (N, F) training features.
+        train_y: (N, C) 0/1 training targets (e.g. which object classes an image shows).
+        test_x: (M, F) test features.
+        test_y: (M, C) 0/1 test targets. Classes without a positive test sample are left
+            out of the mean.
     """
     _check_splits(train_x, train_y, test_x, test_y)
     train, test = _standardise(train_x, test_x)

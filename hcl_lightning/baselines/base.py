@@ -29,6 +29,8 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from hcl_lightning.checks import ArgumentError, check_number
+
 #: Reference batch size of the linear scaling rule (Goyal et al. 2017; MoCo: 0.03 / 256).
 REFERENCE_BATCH_SIZE = 256
 
@@ -46,10 +48,41 @@ def compile_backend(compile_backbone: bool | str) -> str | None:
     return compile_backbone or None
 
 
+def check_baseline_arguments(
+    lr: float | None = None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    temperature: float | None = None,
+    queue_size: int | None = None,
+) -> None:
+    """Raises ``ArgumentError`` (a ``ValueError``) for a baseline argument out of range.
+
+    Arguments left ``None`` are not checked (not every baseline has them).
+
+    Args:
+        lr: base learning rate per 256 images, > 0.
+        momentum: EMA momentum of the key encoder, in [0, 1].
+        weight_decay: >= 0.
+        temperature: InfoNCE temperature, > 0.
+        queue_size: keys in a MoCo queue, an integer >= 1.
+    """
+    checks = (
+        ("lr", lr, "> 0", lambda v: v > 0, False),
+        ("momentum", momentum, "in [0, 1]", lambda v: 0 <= v <= 1, False),
+        ("weight_decay", weight_decay, ">= 0", lambda v: v >= 0, False),
+        ("temperature", temperature, "> 0", lambda v: v > 0, False),
+        ("queue_size", queue_size, ">= 1", lambda v: v >= 1, True),
+    )
+    for name, value, allowed, ok, integer in checks:
+        if value is not None:
+            check_number(name, value, allowed, ok, integer=integer)
+
+
 def check_speed_options(
     channels_last: bool, compile_backbone: bool | str, compile_mode: str | None
 ) -> None:
-    """Raises ``ValueError``, naming the argument, for a speed option that cannot work.
+    """Raises ``ArgumentError`` (a ``ValueError``), naming the argument, for a speed
+    option that cannot work.
 
     Args:
         channels_last: ``True`` or ``False``.
@@ -58,24 +91,31 @@ def check_speed_options(
             ``"aot_eager"``, ``"eager"``, ``"cudagraphs"``, ...).
         compile_mode: ``None`` or one of :data:`COMPILE_MODES`; inductor only.
     """
+
+    def error(name: str, value: Any, requirement: str) -> ArgumentError:
+        return ArgumentError(name, value, requirement, message=f"{name}={value!r}{requirement}")
+
     if not isinstance(channels_last, bool):
-        raise ValueError(f"channels_last={channels_last!r}: must be true or false")
+        raise error("channels_last", channels_last, ": must be true or false")
     backends = torch.compiler.list_backends(exclude_tags=())
     if not isinstance(compile_backbone, bool) and compile_backbone not in backends:
-        raise ValueError(
-            f"compile_backbone={compile_backbone!r}: must be false, true (inductor) or a "
-            f"torch.compile backend: {', '.join(backends)}"
+        raise error(
+            "compile_backbone",
+            compile_backbone,
+            f": must be false, true (inductor) or a torch.compile backend: {', '.join(backends)}",
         )
     if compile_mode is None:
         return
     if compile_mode not in COMPILE_MODES:
-        raise ValueError(
-            f"compile_mode={compile_mode!r}: must be null or one of {', '.join(COMPILE_MODES)}"
+        raise error(
+            "compile_mode", compile_mode, f": must be null or one of {', '.join(COMPILE_MODES)}"
         )
     if compile_backend(compile_backbone) != "inductor":
-        raise ValueError(
-            f"compile_mode={compile_mode!r} needs compile_backbone=true or 'inductor' "
-            f"(got {compile_backbone!r}): modes are options of the inductor backend"
+        raise error(
+            "compile_mode",
+            compile_mode,
+            f" needs compile_backbone=true or 'inductor' (got {compile_backbone!r}): modes "
+            "are options of the inductor backend",
         )
 
 

@@ -17,10 +17,14 @@ from lightly.models.utils import select_most_similar
 from torch import Tensor, nn
 
 from hcl_lightning.baselines.backbones import build_resnet
-from hcl_lightning.baselines.base import MomentumBaseline, check_speed_options
+from hcl_lightning.baselines.base import (
+    MomentumBaseline,
+    check_baseline_arguments,
+    check_speed_options,
+)
 from hcl_lightning.distributed import shuffle_bn
+from hcl_lightning.memory_bank import persistent_bank
 from hcl_lightning.mixin import HCLMixin
-from hcl_lightning.queues import persistent_bank
 
 __all__ = ["DenseCL", "HCLDenseCL", "dense_info_nce", "resnet_feature_map"]
 
@@ -143,6 +147,7 @@ class DenseCL(MomentumBaseline):
         super().__init__()
         if not 0.0 <= dense_lambda <= 1.0:
             raise ValueError(f"dense_lambda must be in [0, 1], got {dense_lambda}")
+        check_baseline_arguments(lr, momentum, weight_decay, temperature, queue_size)
         check_speed_options(channels_last, compile_backbone, compile_mode)
         self.save_hyperparameters()
 

@@ -13,10 +13,14 @@ from lightly.models.modules import MoCoProjectionHead
 from torch import Tensor
 
 from hcl_lightning.baselines.backbones import build_resnet
-from hcl_lightning.baselines.base import MomentumBaseline, check_speed_options
+from hcl_lightning.baselines.base import (
+    MomentumBaseline,
+    check_baseline_arguments,
+    check_speed_options,
+)
 from hcl_lightning.distributed import shuffle_bn
+from hcl_lightning.memory_bank import persistent_bank
 from hcl_lightning.mixin import HCLMixin
-from hcl_lightning.queues import persistent_bank
 
 
 class MoCoV2(MomentumBaseline):
@@ -90,6 +94,7 @@ class MoCoV2(MomentumBaseline):
         compile_mode: str | None = None,
     ) -> None:
         super().__init__()
+        check_baseline_arguments(lr, momentum, weight_decay, temperature, queue_size)
         check_speed_options(channels_last, compile_backbone, compile_mode)
         self.save_hyperparameters()
 

@@ -30,7 +30,11 @@ from torch import Tensor, nn
 from torchvision.transforms import RandomResizedCrop
 
 from hcl_lightning.baselines.backbones import build_resnet
-from hcl_lightning.baselines.base import MomentumBaseline, check_speed_options
+from hcl_lightning.baselines.base import (
+    MomentumBaseline,
+    check_baseline_arguments,
+    check_speed_options,
+)
 from hcl_lightning.mixin import HCLMixin
 
 __all__ = ["HCLORL", "ORL", "select_inter_pairs"]
@@ -178,6 +182,7 @@ class ORL(MomentumBaseline):
         compile_mode: str | None = None,
     ) -> None:
         super().__init__()
+        check_baseline_arguments(lr=lr, momentum=momentum, weight_decay=weight_decay)
         check_speed_options(channels_last, compile_backbone, compile_mode)
         if not 0.0 < inter_top_fraction <= 1.0:
             raise ValueError(f"inter_top_fraction must be in (0, 1], got {inter_top_fraction}")

@@ -66,13 +66,15 @@ def colour_matrix(
       *at that point*, i.e. ``LUMA @ (A @ mean_rgb + b)`` for the map so far;
     - saturation ``f``: ``f * rgb + (1 - f) * luma(rgb)`` (blend with grey);
     - hue ``h``: a rotation of the YIQ chroma by ``h`` turns (torchvision shifts the HSV
-      hue by ``h`` turns; the two agree in direction, and in size only roughly: a
-      36-degree turn moves the HSV hue of pure red, green and blue by 20, 48 and 20
-      degrees, and that of orange (200, 100, 50) by 30).
+      hue by ``h`` turns; the two agree in direction, and in size only roughly: see the
+      performance page of the docs).
 
     Args:
         order: Permutation of ``0..3``.
-        brightness, contrast, saturation, hue: Factors, or None.
+        brightness: Brightness factor, or None.
+        contrast: Contrast factor, or None.
+        saturation: Saturation factor, or None.
+        hue: Hue shift in turns, or None.
         mean_rgb: Mean RGB of the input image (the contrast operation's reference).
 
     Returns:
@@ -101,14 +103,17 @@ class FusedColorJitter:
     the same random numbers, from torch's global generator, as torchvision's
     ``ColorJitter(brightness, contrast, saturation, hue)``), composes the four
     operations into one affine colour map (:func:`colour_matrix`) and applies it with
-    ``Image.convert("RGB", matrix)``: ~4x faster than torchvision's PIL path on 64-px
-    crops (0.09 against 0.34 ms on one core). Differences from torchvision's output:
+    ``Image.convert("RGB", matrix)`` (timings: the performance page of the docs).
+    Differences from torchvision's output:
     pixel values are rounded and clipped to [0, 255] once at the end instead of after
     every operation, and the hue shift is a rotation of the YIQ chroma instead of the
     HSV hue.
 
     Args:
-        brightness, contrast, saturation, hue: As for torchvision's ``ColorJitter``.
+        brightness: As for torchvision's ``ColorJitter``.
+        contrast: As for torchvision's ``ColorJitter``.
+        saturation: As for torchvision's ``ColorJitter``.
+        hue: As for torchvision's ``ColorJitter``.
 
     Example:
         >>> jitter = FusedColorJitter(0.4, 0.4, 0.4, 0.1)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hcl_lightning.checks import ArgumentError, check_number
 from hcl_lightning.data.boxes import ImageRecord, sanitize_boxes
 
 Box = tuple[int, int, int, int]
@@ -106,17 +107,15 @@ class SceneObjectSampler:
         scene_extra_boxes: tuple[int, int] = (1, 5),
         scene_fallback_scale: tuple[float, float] = (1.5, 3.0),
     ) -> None:
-        if min_object_size < 0:
-            raise ValueError(f"min_object_size must be >= 0, got {min_object_size}")
-        if context_jitter < 0:
-            raise ValueError(f"context_jitter must be >= 0, got {context_jitter}")
+        check_number("min_object_size", min_object_size, ">= 0", lambda v: v >= 0)
+        check_number("context_jitter", context_jitter, ">= 0", lambda v: v >= 0)
         if not 0 <= scene_extra_boxes[0] <= scene_extra_boxes[1]:
-            raise ValueError(
-                f"scene_extra_boxes must satisfy 0 <= low <= high, got {scene_extra_boxes}"
+            raise ArgumentError(
+                "scene_extra_boxes", scene_extra_boxes, "must satisfy 0 <= low <= high"
             )
         if not 1.0 <= scene_fallback_scale[0] <= scene_fallback_scale[1]:
-            raise ValueError(
-                f"scene_fallback_scale must satisfy 1 <= low <= high, got {scene_fallback_scale}"
+            raise ArgumentError(
+                "scene_fallback_scale", scene_fallback_scale, "must satisfy 1 <= low <= high"
             )
         self.min_object_size = min_object_size
         self.context_jitter = context_jitter

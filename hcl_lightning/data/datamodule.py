@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,56 +12,45 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from hcl_lightning.data.boxes import (
-    BOX_METHODS,
-    BoxSource,
-    CocoBoxSource,
-    ImageRecord,
-    build_box_source,
-)
-from hcl_lightning.data.crops import SceneObjectSampler
-from hcl_lightning.data.dataset import DEFAULT_MAX_IMAGE_PIXELS, HCLDataset
+from hcl_lightning.checks import check_number, check_path
+from hcl_lightning.data.box_sources import build_box_source, check_box_source
+from hcl_lightning.data.boxes import BoxSource, CocoBoxSource, ImageRecord
+from hcl_lightning.data.dataset import HCLDataset
 from hcl_lightning.data.eval_crops import LabelledCropDataset, collate_crops
+from hcl_lightning.data.options import (
+    BoxOptions,
+    CropOptions,
+    ImageOptions,
+    LoaderOptions,
+    ValidationOptions,
+)
 from hcl_lightning.data.transforms import HCLTransform
+
+__all__ = ["HCLDataModule"]
 
 #: Third seed word of the validation hold-out, ``(seed, n_images, VAL_SPLIT_STREAM)``: a
 #: stream apart from the random boxes' ``(seed, index)`` of every image.
 VAL_SPLIT_STREAM = 1
 
 
-def _check_at_least(name: str, value: float, low: float) -> None:
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-
-
-def _check_file(name: str, path: str | Path | None, directory: bool = False) -> Path | None:
-    if path is None:
-        return None
-    path = Path(path)
-    if not (path.is_dir() if directory else path.is_file()):
-        raise FileNotFoundError(f"{name} not found: {path}")
-    return path
-
-
 class HCLDataModule(pl.LightningDataModule):
     """Training data for Hyperbolic Contrastive Learning from images and their boxes.
 
     Boxes come from a COCO instances file (``ann_file``), a JSON/JSONL proposal file
-    (``proposals``), or, with neither, random boxes (see
-    :func:`~hcl_lightning.data.build_box_source`). Batches follow the data contract of
-    :class:`~hcl_lightning.data.HCLDataset`. Under DDP, Lightning replaces the
-    shuffling sampler with a distributed one; for reproducible shuffling and crops,
-    call ``pytorch_lightning.seed_everything``.
+    (``proposals``), or, with neither, by ``boxes.method`` (random boxes or
+    selective-search proposals; see :func:`~hcl_lightning.data.build_box_source`).
+    Batches follow the data contract of :class:`~hcl_lightning.data.HCLDataset`. Under
+    DDP, Lightning replaces the shuffling sampler with a distributed one; for
+    reproducible shuffling and crops, call ``pytorch_lightning.seed_everything``.
 
-    **Validation.** With class labels (COCO boxes) and either ``val_fraction > 0`` (a
-    seeded hold-out of that fraction of the images, removed from training) or a
-    separate ``val_image_dir`` + ``val_ann_file``, :meth:`val_dataloader` yields
-    ``(crops, labels)`` batches of every labelled box of the validation images
+    **Validation.** With class labels (COCO boxes) and ``validation`` set (a seeded
+    hold-out, or separate images), :meth:`val_dataloader` yields ``(crops, labels)``
+    batches of every labelled box of the validation images
     (:class:`~hcl_lightning.data.LabelledCropDataset`: the box resized to
     ``object_size``, no augmentation), for the online probes
-    (:class:`~hcl_lightning.probes.OnlineProbes`). Otherwise it returns ``[]`` (no
-    validation). The validation loader draws its workers' seed from its own
-    generator, so validating does not change the random state training uses.
+    (:class:`~hcl_lightning.callbacks.OnlineProbes`); otherwise it returns ``[]``. The
+    validation loader draws its workers' seed from its own generator, so validating
+    does not change the random state training uses.
 
     Args:
         image_dir: Folder of the images.
@@ -69,47 +59,24 @@ class HCLDataModule(pl.LightningDataModule):
         batch_size: Samples per batch (per device).
         object_size: Side in pixels of the object views and object crop.
         scene_size: Side in pixels of the scene crop.
-        fused_color_jitter: Colour-jitter the scene and object crops in one affine
-            pass (:class:`~hcl_lightning.data.color.FusedColorJitter`: YIQ hue, one
-            rounding) instead of torchvision's ``ColorJitter``; the views keep lightly's
-            MoCo v2 augmentation.
-        num_workers: DataLoader worker processes.
-        pin_memory: Pin batches in page-locked memory; default: if CUDA is available.
-        persistent_workers: Keep workers between epochs (only with num_workers > 0).
-        min_object_size: Minimum box side, in pixels, for a box to be an object.
-        min_box_size: Minimum box side, in pixels, of COCO boxes kept at all.
-        context_jitter: Maximum enlargement of each object side (fraction of its size).
-        scene_extra_boxes: Range of the number of other boxes in a scene.
-        scene_fallback_scale: Range of scene/object side ratio when no other box exists.
-        boxes_per_image: Range of the number of random boxes (random-box source only).
-        max_bad_fraction: Largest tolerated fraction of bad images (see
-            :class:`~hcl_lightning.data.HCLDataset`); more fails fast.
-        max_image_pixels: Pixel budget of a decoded image: larger JPEGs are decoded at
-            reduced scale, other larger images skipped (None: no guard).
-        seed: Seed of the random boxes (random-box source only).
-        box_method: Boxes of a plain folder (neither ``ann_file`` nor ``proposals``):
-            ``"random"`` or ``"selective_search"`` (cached selective-search proposals,
-            see :class:`~hcl_lightning.data.SelectiveSearchBoxSource`; needs
-            ``pip install "hcl-lightning[selective-search]"``).
-        selective_search: Keyword arguments of ``SelectiveSearchBoxSource``
-            (``cache_file``, ``max_boxes``, ``min_size``, ``mode``, ``max_side``...).
-        val_fraction: Fraction of the images, in [0, 1), held out for validation
-            (chosen with ``seed``; ignored, with a log line, when the boxes have no
-            classes).
-        val_image_dir: Folder of separate validation images (with ``val_ann_file``).
-        val_ann_file: COCO instances JSON of the validation images; its categories
-            must be those of ``ann_file``.
+        seed: Seed of the random boxes and of the validation hold-out.
+        crops: Crop sampling and augmentation (:class:`~hcl_lightning.data.CropOptions`).
+        boxes: Box source options (:class:`~hcl_lightning.data.BoxOptions`).
+        images: Bad-image policy (:class:`~hcl_lightning.data.ImageOptions`).
+        loader: DataLoader options (:class:`~hcl_lightning.data.LoaderOptions`).
+        validation: Validation data (:class:`~hcl_lightning.data.ValidationOptions`).
+
+    Each option group may also be a mapping of its fields, or None for its defaults.
 
     Raises:
-        FileNotFoundError: If ``image_dir``, ``ann_file``, ``proposals``,
-            ``val_image_dir`` or ``val_ann_file`` is missing.
-        ValueError: If a numeric argument is out of range, both ``ann_file`` and
-            ``proposals`` are given, ``box_method`` is unknown, only one of
-            ``val_image_dir`` and ``val_ann_file`` is given, or they are given with
-            ``val_fraction > 0``.
+        FileNotFoundError: If ``image_dir``, ``ann_file``, ``proposals`` or a validation
+            path is missing.
+        ArgumentError: (a ``ValueError``) for a size out of range, both ``ann_file`` and
+            ``proposals``, or an option out of range (see the option classes).
 
-    Examples:
-        >>> datamodule = HCLDataModule("data/images", ann_file="data/annotations.json")
+    Example:
+        >>> datamodule = HCLDataModule("data/images", ann_file="data/annotations.json",
+        ...                            loader=LoaderOptions(num_workers=8))
         >>> trainer.fit(model, datamodule=datamodule)
     """
 
@@ -121,91 +88,92 @@ class HCLDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         object_size: int = 64,
         scene_size: int = 64,
-        fused_color_jitter: bool = False,
-        num_workers: int = 0,
-        pin_memory: bool | None = None,
-        persistent_workers: bool = True,
-        min_object_size: float = 8.0,
-        min_box_size: float = 1.0,
-        context_jitter: float = 0.1,
-        scene_extra_boxes: tuple[int, int] = (1, 5),
-        scene_fallback_scale: tuple[float, float] = (1.5, 3.0),
-        boxes_per_image: tuple[int, int] = (2, 6),
-        max_bad_fraction: float = 0.1,
-        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         seed: int = 0,
-        box_method: str = "random",
-        selective_search: dict | None = None,
-        val_fraction: float = 0.0,
-        val_image_dir: str | Path | None = None,
-        val_ann_file: str | Path | None = None,
+        crops: CropOptions | Mapping[str, Any] | None = None,
+        boxes: BoxOptions | Mapping[str, Any] | None = None,
+        images: ImageOptions | Mapping[str, Any] | None = None,
+        loader: LoaderOptions | Mapping[str, Any] | None = None,
+        validation: ValidationOptions | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.image_dir = _check_file("image_dir", image_dir, directory=True)
-        self.ann_file = _check_file("ann_file", ann_file)
-        self.proposals = _check_file("proposals", proposals)
-        self.val_image_dir = _check_file("val_image_dir", val_image_dir, directory=True)
-        self.val_ann_file = _check_file("val_ann_file", val_ann_file)
-        if ann_file is not None and proposals is not None:
-            raise ValueError("give at most one of ann_file and proposals, not both")
-        if (val_image_dir is None) != (val_ann_file is None):
-            raise ValueError(
-                "give both val_image_dir and val_ann_file (COCO instances JSON) or neither, "
-                f"got val_image_dir={val_image_dir!r}, val_ann_file={val_ann_file!r}"
-            )
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if val_fraction > 0 and val_image_dir is not None:
-            raise ValueError(
-                f"give val_fraction={val_fraction} (a hold-out of the training images) or "
-                "val_image_dir/val_ann_file (separate images), not both"
-            )
-        if not isinstance(fused_color_jitter, bool):
-            raise ValueError(
-                f"fused_color_jitter must be true or false, got {fused_color_jitter!r}"
-            )
-        if box_method not in BOX_METHODS:
-            raise ValueError(f"box_method must be one of {BOX_METHODS}, got {box_method!r}")
-        for name, value, low in (
-            ("batch_size", batch_size, 1),
-            ("object_size", object_size, 1),
-            ("scene_size", scene_size, 1),
-            ("num_workers", num_workers, 0),
-            ("min_object_size", min_object_size, 0),
-            ("min_box_size", min_box_size, 0),
-        ):
-            _check_at_least(name, value, low)
-        if not 0.0 <= max_bad_fraction <= 1.0:
-            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
-        if max_image_pixels is not None:
-            _check_at_least("max_image_pixels", max_image_pixels, 1)
-        self.save_hyperparameters()
-        # Paths as strings: checkpoints must load with torch.load(weights_only=True).
-        for key in ("image_dir", "ann_file", "proposals", "val_image_dir", "val_ann_file"):
-            if self.hparams[key] is not None:
-                self.hparams[key] = str(self.hparams[key])
-        if selective_search is not None:
-            self.hparams["selective_search"] = {
-                str(k): str(v) if isinstance(v, Path) else v
-                for k, v in dict(selective_search).items()
-            }
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
-        # Built here so that argument errors surface at construction, not in setup().
-        self.sampler = SceneObjectSampler(
-            min_object_size=min_object_size,
-            context_jitter=context_jitter,
-            scene_extra_boxes=tuple(scene_extra_boxes),
-            scene_fallback_scale=tuple(scene_fallback_scale),
+        self.crops = CropOptions.coerce(crops)
+        self.boxes = BoxOptions.coerce(boxes)
+        self.images = ImageOptions.coerce(images)
+        self.loader = LoaderOptions.coerce(loader)
+        self.validation = ValidationOptions.coerce(validation)
+        self.check_arguments(ann_file, proposals, batch_size, object_size, scene_size)
+        self.image_dir, self.ann_file, self.proposals, self.val_image_dir, self.val_ann_file = (
+            self.check_paths(image_dir, ann_file, proposals, self.validation)
         )
+        # Hyperparameters as plain values (strings, dicts): checkpoints must load with
+        # torch.load(weights_only=True). save_hyperparameters reads these locals.
+        image_dir, ann_file, proposals = (
+            None if path is None else str(path) for path in (image_dir, ann_file, proposals)
+        )
+        crops, boxes, images, loader, validation = (
+            group.as_dict()
+            for group in (self.crops, self.boxes, self.images, self.loader, self.validation)
+        )
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = self.loader.num_workers
+        pin_memory = self.loader.pin_memory
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = self.loader.persistent_workers and self.num_workers > 0
+        # Built here so that argument errors surface at construction, not in setup().
+        self.sampler = self.crops.sampler()
         self.transform = HCLTransform(
-            object_size=object_size, scene_size=scene_size, fused_color_jitter=fused_color_jitter
+            object_size=object_size,
+            scene_size=scene_size,
+            fused_color_jitter=self.crops.fused_color_jitter,
         )
         self._source: BoxSource | None = None
         self.train_dataset: HCLDataset | None = None
         self.val_dataset: LabelledCropDataset | None = None
+
+    @staticmethod
+    def check_arguments(
+        ann_file: str | Path | None,
+        proposals: str | Path | None,
+        batch_size: int,
+        object_size: int,
+        scene_size: int,
+    ) -> None:
+        """The checks of the constructor's own arguments (not the paths' existence; the
+        option groups check themselves).
+
+        Raises:
+            ArgumentError: (a ``ValueError``) for a size below 1, or both ``ann_file``
+                and ``proposals``.
+        """
+        for name, value in (
+            ("batch_size", batch_size),
+            ("object_size", object_size),
+            ("scene_size", scene_size),
+        ):
+            check_number(name, value, ">= 1", lambda v: v >= 1, integer=True)
+        check_box_source(ann_file, proposals)
+
+    @staticmethod
+    def check_paths(
+        image_dir: str | Path,
+        ann_file: str | Path | None,
+        proposals: str | Path | None,
+        validation: ValidationOptions,
+    ) -> tuple[Path, Path | None, Path | None, Path | None, Path | None]:
+        """The paths as Paths (``~`` expanded): ``image_dir``, ``ann_file``,
+        ``proposals``, ``validation.image_dir``, ``validation.ann_file``.
+
+        Raises:
+            MissingPathError: (a ``FileNotFoundError``) naming the first missing one.
+        """
+        return (
+            check_path("image_dir", image_dir, directory=True),
+            check_path("ann_file", ann_file),
+            check_path("proposals", proposals),
+            check_path("validation.image_dir", validation.image_dir, directory=True),
+            check_path("validation.ann_file", validation.ann_file),
+        )
 
     @property
     def source(self) -> BoxSource:
@@ -215,14 +183,14 @@ class HCLDataModule(pl.LightningDataModule):
                 self.image_dir,
                 ann_file=self.ann_file,
                 proposals=self.proposals,
-                min_box_size=self.hparams.min_box_size,
-                boxes_per_image=tuple(self.hparams.boxes_per_image),
+                min_box_size=self.boxes.min_box_size,
+                boxes_per_image=self.boxes.boxes_per_image,
                 seed=self.hparams.seed,
-                box_method=self.hparams.box_method,
+                box_method=self.boxes.method,
                 selective_search=(
                     None
-                    if self.hparams.selective_search is None
-                    else dict(self.hparams.selective_search)
+                    if self.boxes.selective_search is None
+                    else dict(self.boxes.selective_search)
                 ),
             )
         return self._source
@@ -246,8 +214,8 @@ class HCLDataModule(pl.LightningDataModule):
             train_records,
             self.sampler,
             self.transform,
-            max_bad_fraction=self.hparams.max_bad_fraction,
-            max_image_pixels=self.hparams.max_image_pixels,
+            max_bad_fraction=self.images.max_bad_fraction,
+            max_image_pixels=self.images.max_image_pixels,
         )
         if len(dataset) < self.batch_size:
             raise ValueError(
@@ -258,14 +226,14 @@ class HCLDataModule(pl.LightningDataModule):
         self.val_dataset = self._val_dataset(held_out)
 
     def _split(self) -> tuple[list[ImageRecord], list[ImageRecord]]:
-        """``(training, held-out)`` records: the seeded ``val_fraction`` hold-out."""
+        """``(training, held-out)`` records: the seeded ``validation.fraction`` hold-out."""
         records = self.source.records
-        fraction = self.hparams.val_fraction
+        fraction = self.validation.fraction
         if fraction == 0:
             return records, []
         if self.num_classes is None:
             rank_zero_info(
-                f"hcl: val_fraction={fraction} ignored: the boxes have no classes to "
+                f"hcl: validation.fraction={fraction} ignored: the boxes have no classes to "
                 "validate with; all images are used for training"
             )
             return records, []
@@ -277,14 +245,14 @@ class HCLDataModule(pl.LightningDataModule):
 
     def _val_dataset(self, held_out: list[ImageRecord]) -> LabelledCropDataset | None:
         records = held_out
-        where = f"{len(held_out)} held-out images (val_fraction={self.hparams.val_fraction})"
+        where = f"{len(held_out)} held-out images (validation.fraction={self.validation.fraction})"
         if self.val_image_dir is not None:
             source = CocoBoxSource(
-                self.val_image_dir, self.val_ann_file, min_box_size=self.hparams.min_box_size
+                self.val_image_dir, self.val_ann_file, min_box_size=self.boxes.min_box_size
             )
             if source.class_names != self.class_names:
                 raise ValueError(
-                    f"val_ann_file {self.val_ann_file} has the classes {source.class_names}, "
+                    f"validation.ann_file {self.val_ann_file} has the classes {source.class_names}, "
                     f"but the training boxes have {self.class_names}: they must be the same"
                 )
             records, where = source.records, f"{len(source.records)} images of {self.val_image_dir}"
@@ -293,8 +261,8 @@ class HCLDataModule(pl.LightningDataModule):
         dataset = LabelledCropDataset(
             records,
             object_size=self.hparams.object_size,
-            min_object_size=self.hparams.min_object_size,
-            max_image_pixels=self.hparams.max_image_pixels,
+            min_object_size=self.crops.min_object_size,
+            max_image_pixels=self.images.max_image_pixels,
         )
         dropped = ", ".join(f"{n} {reason}" for reason, n in dataset.dropped.items() if n)
         rank_zero_info(

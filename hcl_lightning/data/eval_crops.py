@@ -1,23 +1,28 @@
-"""Labelled object crops for evaluation: every labelled box of a set of images, unaugmented."""
+"""Unaugmented crops for evaluation: every labelled box of a set of images, or given regions."""
 
 from __future__ import annotations
 
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from lightly.transforms.torchvision_v2_compatibility import torchvision_transforms as T
 from lightly.transforms.utils import IMAGENET_NORMALIZE
+from PIL.Image import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from hcl_lightning.data.boxes import ImageRecord
 from hcl_lightning.data.crops import to_pixels
-from hcl_lightning.data.dataset import DEFAULT_MAX_IMAGE_PIXELS, bad_image_reason, decode_image
+from hcl_lightning.data.images import DEFAULT_MAX_IMAGE_PIXELS, bad_image_reason, decode_image
 
-__all__ = ["LabelledCropDataset", "collate_crops", "eval_transform"]
+__all__ = ["LabelledCropDataset", "RegionCropDataset", "collate_crops", "eval_transform"]
+
+#: A region of an image: xyxy pixel box.
+Box = tuple[float, float, float, float]
 
 
 def eval_transform(
@@ -34,6 +39,14 @@ def collate_crops(items: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tenso
     """Concatenates the ``(crops (M, 3, S, S), labels (M,))`` of several images."""
     crops, labels = zip(*items, strict=True)
     return torch.cat(crops), torch.cat(labels)
+
+
+def crop_boxes(image: Image, boxes: np.ndarray, scale: tuple[float, float], transform) -> Tensor:
+    """``transform`` of each box of ``image`` (boxes in pixels of the full-size image,
+    ``scale`` that of the decoded one), rounded outwards to pixels: (M, 3, S, S)."""
+    sx, sy = scale
+    scaled = boxes * np.asarray([sx, sy, sx, sy], boxes.dtype)
+    return torch.stack([transform(image.crop(to_pixels(box, *image.size))) for box in scaled])
 
 
 class LabelledCropDataset(Dataset):
@@ -107,6 +120,44 @@ class LabelledCropDataset(Dataset):
             )
             size = self.object_size
             return torch.zeros(0, 3, size, size), torch.zeros(0, dtype=torch.long)
-        scaled = boxes * np.asarray([sx, sy, sx, sy], np.float32)
-        crops = [self.transform(image.crop(to_pixels(box, *image.size))) for box in scaled]
-        return torch.stack(crops), torch.as_tensor(labels, dtype=torch.long)
+        crops = crop_boxes(image, boxes, (sx, sy), self.transform)
+        return crops, torch.as_tensor(labels, dtype=torch.long)
+
+
+class RegionCropDataset(Dataset):
+    """Image regions as evaluation crops, one item per ``(path, box)``.
+
+    Item ``i`` is ``(crop, ok)``: the region ``box`` (xyxy pixels of the full-size image;
+    ``None``: the whole image) of the image at ``path``, resized to ``size``
+    (:func:`eval_transform`), and ``ok = True``; an image that cannot be read gives a
+    zero tensor and ``ok = False`` instead of an error.
+
+    Args:
+        items: ``(image path, box or None)`` pairs.
+        size: Side in pixels of the crops.
+        max_image_pixels: Pixel budget of a decoded image (None: no guard, full size).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[tuple[Path, Box | None]],
+        size: int,
+        max_image_pixels: int | None = None,
+    ) -> None:
+        self.items = list(items)
+        self.size = size
+        self.max_image_pixels = max_image_pixels
+        self.transform = eval_transform(size)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, bool]:
+        path, box = self.items[index]
+        try:
+            image, scale = decode_image(Path(path), self.max_image_pixels)
+        except Exception:  # unreadable images are reported, never crash an evaluation
+            return torch.zeros(3, self.size, self.size), False
+        if box is None:
+            return self.transform(image), True
+        return crop_boxes(image, np.asarray([box], np.float64), scale, self.transform)[0], True

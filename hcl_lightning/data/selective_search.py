@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hcl_lightning.data.boxes import BoxSource, JsonBoxSource, list_images
-from hcl_lightning.data.dataset import decode_image
+from hcl_lightning.data.images import decode_image
 
 #: Default cache file name, inside the image folder.
 DEFAULT_CACHE_NAME = ".hcl_selective_search.jsonl"

@@ -410,7 +410,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 #: folder and annotation file fill in.
 SYNTHETIC_NODES = {
     "synthetic": ("image_dir", "ann_file"),
-    "val_synthetic": ("val_image_dir", "val_ann_file"),
+    "val_synthetic": ("validation.image_dir", "validation.ann_file"),
 }
 
 
@@ -419,8 +419,8 @@ def prepare_synthetic_data(cfg: DictConfig) -> None:
 
     Fills in ``data.image_dir`` and ``data.ann_file`` and removes ``data.synthetic``, so
     ``cfg.data`` can be instantiated as an :class:`~hcl_lightning.data.HCLDataModule`;
-    likewise ``data.val_synthetic`` (validation scenes) fills in ``data.val_image_dir``
-    and ``data.val_ann_file``. Does nothing for other data. Used by ``hcl-train`` and
+    likewise ``data.val_synthetic`` (validation scenes) fills in
+    ``data.validation.image_dir`` and ``data.validation.ann_file``. Does nothing for other data. Used by ``hcl-train`` and
     ``hcl-analyze``; concurrent callers (DDP ranks, sweep jobs) generate one dataset
     under a file lock.
     """
@@ -437,6 +437,6 @@ def prepare_synthetic_data(cfg: DictConfig) -> None:
             image_dir, ann_file = make_synthetic_scenes(root, **kwargs)
         image_key, ann_key = SYNTHETIC_NODES[name]
         with open_dict(cfg.data):
-            cfg.data[image_key] = str(image_dir)
-            cfg.data[ann_key] = str(ann_file)
+            OmegaConf.update(cfg.data, image_key, str(image_dir), force_add=True)
+            OmegaConf.update(cfg.data, ann_key, str(ann_file), force_add=True)
             del cfg.data[name]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from lightly.transforms import MoCoV2Transform
 from lightly.transforms.torchvision_v2_compatibility import torchvision_transforms as T
@@ -13,20 +15,20 @@ from torchvision.transforms.v2 import functional as F
 from hcl_lightning.data.color import FusedColorJitter
 from hcl_lightning.data.crops import CropSpec
 
+__all__ = ["HCLTransform", "LightTransform", "WeakAugmentation"]
 
-class LightTransform:
-    """A light augmentation that keeps the whole region: resize, flip, colour jitter.
+
+class WeakAugmentation:
+    """A weak augmentation that keeps the whole region: resize, flip, colour jitter.
 
     In this order: resize to ``size x size`` (PIL, bilinear), horizontal flip with
     probability ``hf_prob``, colour jitter (torchvision's ``ColorJitter``) with
     probability ``cj_prob``, conversion to a float tensor in [0, 1], normalisation.
     The output and the random numbers drawn are those of the torchvision pipeline
     ``Compose([Resize, RandomHorizontalFlip, RandomApply([ColorJitter]), ToTensor,
-    Normalize])``; calling the functional kernels directly skips that pipeline's
-    per-transform dispatch, a fifth of its time on 64-px crops (``bench_data.py``).
-    With ``fused_color_jitter`` the jitter is a
-    :class:`~hcl_lightning.data.color.FusedColorJitter` instead (the same random
-    numbers, one affine colour pass, YIQ hue; ~4x faster).
+    Normalize])``, without its per-transform dispatch. With ``fused_color_jitter`` the
+    jitter is a :class:`~hcl_lightning.data.color.FusedColorJitter` instead (the same
+    random numbers, one affine colour pass, YIQ hue).
 
     Args:
         size: Output side in pixels (the region is resized to ``size x size``).
@@ -40,7 +42,7 @@ class LightTransform:
         ValueError: If ``size`` < 1 or a probability is outside [0, 1].
 
     Examples:
-        >>> transform = LightTransform(64)
+        >>> transform = WeakAugmentation(64)
         >>> transform(image).shape  # image: a PIL image
         torch.Size([3, 64, 64])
     """
@@ -87,6 +89,18 @@ class LightTransform:
         return tensor
 
 
+class LightTransform(WeakAugmentation):
+    """Deprecated name of :class:`WeakAugmentation` (same arguments); warns when made."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        warnings.warn(
+            "LightTransform is deprecated; use WeakAugmentation (the same class)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)
+
+
 class HCLTransform:
     """Crops the object and scene regions of an image and augments them.
 
@@ -98,7 +112,7 @@ class HCLTransform:
       ``(min_scale, 1)`` inside the region, colour jitter (0.4, 0.4, 0.4, 0.1) with
       p=0.8, grayscale p=0.2, Gaussian blur p=0.5, horizontal flip, normalisation).
     - ``scene``: the scene region resized to ``scene_size`` with a light augmentation
-      (:class:`LightTransform`: flip, colour jitter, normalisation) and no random crop,
+      (:class:`WeakAugmentation`: flip, colour jitter, normalisation) and no random crop,
       so the object stays in.
     - ``object``: the object region resized to ``object_size``, same light augmentation.
 
@@ -130,8 +144,8 @@ class HCLTransform:
             input_size=object_size, min_scale=min_scale, normalize=normalize
         )
         light = {"normalize": normalize, "fused_color_jitter": fused_color_jitter}
-        self.scene = LightTransform(scene_size, **light)
-        self.object = LightTransform(object_size, **light)
+        self.scene = WeakAugmentation(scene_size, **light)
+        self.object = WeakAugmentation(object_size, **light)
 
     def __call__(self, image: Image, crop: CropSpec) -> dict[str, Tensor | list[Tensor]]:
         """Crops and augments one image.

@@ -1,0 +1,128 @@
+"""validate_config: data hygiene, trainer and queue values, and incompatible combinations."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from hcl_lightning.config import ConfigError, validate_config
+from tests.helpers import compose_config, tiny_overrides
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HCL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["data.images.max_bad_fraction=1.5"],
+            "data.images.max_bad_fraction=1.5: must be a finite number in [0, 1]",
+        ),
+        (
+            ["data.images.max_image_pixels=0"],
+            "data.images.max_image_pixels=0: must be an integer >= 1 or null",
+        ),
+        (["data.loader.num_workers=-1"], "data.loader.num_workers=-1: must be an integer >= 0"),
+        (
+            ["data.crops.min_object_size=-2"],
+            "data.crops.min_object_size=-2: must be a finite number >= 0",
+        ),
+        (["model.lr=0"], "model.lr=0: must be a finite number > 0"),
+        (["model.momentum=1.5"], "model.momentum=1.5: must be a finite number in [0, 1]"),
+        (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0: must be"),
+        (["trainer.precision=8"], "trainer.precision=8: must be one of"),
+        (
+            ["trainer.precision=16-mixed"],
+            "trainer.precision='16-mixed' with trainer.accelerator=cpu",
+        ),
+        (
+            ["model.queue_size=18"],
+            "model.queue_size=18: must be a multiple of the global batch 4 "
+            "(data.batch_size=4 x 1 devices x nodes)",
+        ),
+        (
+            ["trainer.devices=2", "+trainer.num_nodes=2", "model.queue_size=24"],
+            "model.queue_size=24: must be a multiple of the global batch 16",
+        ),
+        (
+            ["callbacks.nonfinite_guard.max_consecutive=0"],
+            "callbacks.nonfinite_guard.max_consecutive=0: must be an integer >= 1",
+        ),
+    ],
+)
+def test_invalid_values_and_combinations_are_named(tmp_path, overrides, message) -> None:
+    cfg = compose_config([*tiny_overrides(tmp_path), *overrides, f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.precision=bf16-mixed"],
+        ["model.queue_size=32"],
+        ["trainer.devices=auto", "model.queue_size=24"],  # world size unknown: not checked
+        ["data.images.max_image_pixels=null", "data.images.max_bad_fraction=0"],
+    ],
+)
+def test_valid_combinations_pass(tmp_path, overrides) -> None:
+    validate_config(
+        compose_config([*tiny_overrides(tmp_path), *overrides, f"output_dir={tmp_path}"])
+    )
+
+
+@pytest.mark.parametrize("preset", ["demo", "paper"])
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+def test_shipped_configs_are_valid(tmp_path, preset, trainer) -> None:
+    validate_config(
+        compose_config([f"preset={preset}", f"trainer={trainer}", f"output_dir={tmp_path}"])
+    )
+
+
+def test_former_keys_map_to_their_new_keys(tmp_path) -> None:
+    """The λ warm-up left the monitor: its former keys set LambdaWarmup's."""
+    cfg = compose_config(
+        [
+            *tiny_overrides(tmp_path),
+            "+callbacks.hyperbolic_monitor.lambda_warmup_steps=7",
+            "+callbacks.hyperbolic_monitor.target_lambda=0.3",
+            f"output_dir={tmp_path}",
+        ]
+    )
+    with pytest.warns(DeprecationWarning, match="callbacks.lambda_warmup.warmup_steps"):
+        validate_config(cfg)
+    assert cfg.callbacks.lambda_warmup.warmup_steps == 7
+    assert cfg.callbacks.lambda_warmup.target_lambda == 0.3
+    assert "lambda_warmup_steps" not in cfg.callbacks.hyperbolic_monitor
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["hcl.alpha=2"], "hcl.alpha=2: must lie in (0, 1]"),
+        (["callbacks.lambda_warmup.warmup_steps=-1"], "callbacks.lambda_warmup.warmup_steps=-1"),
+        (
+            ["data.crops.fused_color_jitter=1"],
+            "data.crops.fused_color_jitter=1: must be true or false",
+        ),
+        (["data.loader.persistent_workers=2"], "data.loader.persistent_workers=2: must be true"),
+    ],
+)
+def test_constructor_checks_name_the_hydra_key(tmp_path, overrides, message) -> None:
+    cfg = compose_config([*tiny_overrides(tmp_path), *overrides, f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(cfg)
+
+
+def test_precisions_are_lightnings() -> None:
+    from lightning_fabric.connector import _PRECISION_INPUT_STR
+
+    from hcl_lightning.config import PRECISIONS
+
+    assert set(get_args(_PRECISION_INPUT_STR)) <= set(PRECISIONS)

@@ -1,0 +1,148 @@
+"""The Hydra CLI ``hcl-train``: the real config, composed with overrides for tiny CPU runs."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+from hydra.errors import MissingConfigException
+
+from hcl_lightning.config import ConfigError, validate_config
+from hcl_lightning.train import train
+from tests.helpers import compose_config, run_cli, tiny_overrides
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is generated in the home directory."""
+    monkeypatch.setenv("HCL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_default_config_composes(tmp_path: Path) -> None:
+    cfg = compose_config([])
+    assert cfg.model._target_ == "hcl_lightning.baselines.HCLMoCoV2"
+    assert (cfg.model.backbone, cfg.model.small_input) == ("resnet18", False)  # preset=demo
+    assert (cfg.model.queue_size, cfg.hcl.queue_size, cfg.trainer.max_steps) == (256, 256, 250)
+    assert cfg.model.hcl_lambda == cfg.hcl.lam == 0.1
+    assert (cfg.hcl.tau, cfg.hcl.c, cfg.hcl.head) == (0.2, 0.05, "shared")
+    assert cfg.model.batch_size == cfg.data.batch_size
+    assert cfg.trainer.accelerator == "cpu"
+    assert cfg.ckpt_path is None
+    assert Path(cfg.data.synthetic.root).is_relative_to(tmp_path / "cache")
+    paper = compose_config(["preset=paper"])
+    assert (paper.model.backbone, paper.model.small_input) == ("resnet50", False)
+    assert paper.model.queue_size == paper.hcl.queue_size == 65536
+    validate_config(cfg)
+
+
+def test_train_tiny_run(tmp_path: Path) -> None:
+    cfg = compose_config([*tiny_overrides(tmp_path), f"output_dir={tmp_path / 'run'}"])
+    summary = train(cfg)
+
+    for key in ("loss_euc", "loss_hyp", "hyp_acc1", "norm_scene", "norm_object", "loss_total"):
+        assert math.isfinite(summary[key]), key
+    assert summary["objective"] == summary["loss_total"]
+    assert summary["global_step"] == 2
+    checkpoint = Path(summary["checkpoint"])
+    assert checkpoint.is_absolute() and checkpoint.is_file()
+    assert checkpoint.is_relative_to(tmp_path / "run")
+    assert (Path(summary["log_dir"]) / "metrics.csv").is_file()
+    assert (tmp_path / "synthetic" / "annotations.json").is_file()
+    assert cfg.data.image_dir is None  # the caller's config is left as it was
+
+
+def test_multirun_jobs_have_own_directories(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m",
+        "hcl.lam=0,0.1",
+        "hcl.tau=0.1,0.2",
+        *tiny_overrides(tmp_path),
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 4
+    assert sorted(p.name.split("_", 1)[0] for p in jobs) == ["0", "1", "2", "3"]
+    swept = {  # hcl.* overrides come first in the directory names
+        tuple(
+            item
+            for item in p.name.split("_", 1)[1].split(",")[:3]
+            if item.startswith(("hcl.lam", "hcl.tau"))
+        )
+        for p in jobs
+    }
+    assert swept == {(f"hcl.lam={lam}", f"hcl.tau={tau}") for lam in (0, 0.1) for tau in (0.1, 0.2)}
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").is_file(), job
+        assert (job / "csv" / "metrics.csv").is_file(), job
+
+    printed = re.findall(r"^checkpoint=(.+)$", result.stdout, flags=re.MULTILINE)
+    assert len(printed) == 4
+    for num, path in enumerate(printed):  # jobs run in order, each prints its own path
+        path = Path(path)
+        (job,) = [j for j in jobs if j.name.split("_", 1)[0] == str(num)]
+        assert path.is_absolute() and path.is_relative_to(job), (path, job)
+    assert "Restoring states from the checkpoint" not in result.stdout + result.stderr
+    assert len(re.findall(r"hcl-train: 2 steps", result.stdout)) == 4
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("hcl.lam=-1", "hcl.lam=-1"),
+        ("hcl.lam=nan", "hcl.lam=nan"),
+        ("hcl.tau=0", "hcl.tau=0"),
+        ("hcl.c=0", "hcl.c=0"),
+        ("hcl.queue_size=-5", "hcl.queue_size=-5"),
+        ("hcl.head=both", "hcl.head='both'"),
+        ("data.batch_size=0", "data.batch_size=0"),
+        ("ckpt_path=missing.ckpt", "ckpt_path=missing.ckpt"),
+    ],
+)
+def test_invalid_values_fail_before_training(tmp_path: Path, override: str, key: str) -> None:
+    cfg = compose_config([*tiny_overrides(tmp_path), override, f"output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=re.escape(key)):
+        train(cfg)
+    assert not (tmp_path / "synthetic").exists()  # nothing was generated or trained
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_data_paths_are_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_dir"
+    cfg = compose_config(["data=coco", f"data.image_dir={missing}", f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"data\.image_dir=.*no_such_dir.*not found"):
+        train(cfg)
+    cfg = compose_config(["data=coco", f"data.image_dir={tmp_path}", f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"data\.ann_file is required"):
+        validate_config(cfg)
+    cfg = compose_config(
+        ["data=coco", f"data.image_dir={tmp_path}", f"data.ann_file={tmp_path / 'x.json'}"]
+    )
+    with pytest.raises(ConfigError, match=r"data\.ann_file=.*x\.json: file not found"):
+        validate_config(cfg)
+    cfg = compose_config(["data=folder"])
+    with pytest.raises(ConfigError, match=r"data\.image_dir is required"):
+        validate_config(cfg)
+
+
+def test_unknown_model_is_named(tmp_path: Path) -> None:
+    with pytest.raises(MissingConfigException, match=r"model/foo"):
+        compose_config(["model=foo"])
+
+
+def test_cli_reports_config_error(tmp_path: Path) -> None:
+    result = run_cli("hcl.tau=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "hcl.tau=0: must be a finite number > 0" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "cache").exists()
+
+    result = run_cli("model=foo", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'model/foo'" in result.stderr
+    assert "moco_v2" in result.stderr  # the available options are listed
