@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench venv
+.PHONY: demo test docs lint bench venv
 
 venv: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+docs: venv
+	$(VENV)/bin/mkdocs build --strict
 
 lint: venv
 	$(VENV)/bin/ruff check hcl_lightning tests benchmarks examples
