@@ -42,6 +42,16 @@ __all__ = [
 
 MIN_TRIES_BEFORE_ABORT = 20
 MAX_KEPT_OFFENDERS = 10
+#: Length of a sample's ``scene_labels`` (classes beyond it are dropped; -1 pads).
+MAX_SCENE_LABELS = 32
+
+
+def padded_labels(labels: Sequence[int], length: int = MAX_SCENE_LABELS) -> Tensor:
+    """``labels`` as an int64 tensor of ``length``, cut or padded with -1."""
+    out = torch.full((length,), -1, dtype=torch.long)
+    kept = list(labels)[:length]
+    out[: len(kept)] = torch.tensor(kept, dtype=torch.long)
+    return out
 
 
 class HCLDataset(Dataset):
@@ -54,6 +64,7 @@ class HCLDataset(Dataset):
          "object": Tensor(3, H, W),                    # the object region
          "n_objects": int64 tensor,                    # boxes at least half in the scene
          "labels": int64 tensor,                       # class of the object box, or -1
+         "scene_labels": int64 tensor (32,),           # classes of the n_objects, -1 padded
          "index": int64 tensor,                        # index of the image used
          "skipped": int64 tensor (R,)}                 # bad images skipped for this item
 
@@ -141,6 +152,7 @@ class HCLDataset(Dataset):
         sample = self.transform(image, crop)
         sample["n_objects"] = torch.tensor(crop.n_objects, dtype=torch.long)
         sample["labels"] = torch.tensor(crop.label, dtype=torch.long)
+        sample["scene_labels"] = padded_labels(crop.scene_labels)
         sample["index"] = torch.tensor(index, dtype=torch.long)
         return sample
 

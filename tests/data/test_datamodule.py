@@ -23,6 +23,7 @@ from hcl_lightning.data import (
     SceneObjectSampler,
     make_synthetic_scenes,
 )
+from hcl_lightning.data.dataset import MAX_SCENE_LABELS
 from hcl_lightning.data.images import BAD_IMAGE_REASONS, DEFAULT_MAX_IMAGE_PIXELS, load_image
 from hcl_lightning.data.synthetic import prepare_synthetic_data
 from tests.helpers import compose_config, tiny_overrides
@@ -43,7 +44,15 @@ def make_dataset(records, **kwargs):
 
 
 def check_batch(batch, batch_size, object_size, scene_size):
-    assert set(batch) == {"views", "scene", "object", "n_objects", "labels", "index", "skipped"}
+    keys = {"views", "scene", "object", "n_objects", "labels", "scene_labels", "index", "skipped"}
+    assert set(batch) == keys
+    assert batch["scene_labels"].shape == (batch_size, MAX_SCENE_LABELS)
+    # the object's own class is among its scene's classes; -1 pads past n_objects
+    for row, label, n in zip(
+        batch["scene_labels"], batch["labels"], batch["n_objects"], strict=True
+    ):
+        assert (row[n:] == -1).all()
+        assert label < 0 or label in row[:n].tolist()
     assert batch["skipped"].shape == (batch_size, len(BAD_IMAGE_REASONS))
     assert batch["skipped"].dtype == torch.int64
     assert isinstance(batch["views"], list) and len(batch["views"]) == 2
