@@ -105,6 +105,9 @@ class HyperbolicMonitor(pl.Callback):
         self._queue_labels: Tensor | None = None  # class of each queued key, -1 unknown
         self._queue_pointer = 0
         self._negatives: tuple[Tensor, Tensor | None] | None = None  # queue before the step
+        #: The pairing statistics of the last logged step (names without prefix, and
+        #: ``step``); empty before the first one.
+        self.last_pairing: dict[str, float] = {}
 
     # -- helpers ------------------------------------------------------------------
     @staticmethod
@@ -163,7 +166,12 @@ class HyperbolicMonitor(pl.Callback):
         query, key = self._embeddings(pl_module, batch)
         metrics = self.compute_metrics(pl_module, query, key)
         if self.pairing:
-            metrics.update(self.compute_pairing_metrics(pl_module, batch, query, key))
+            pairing = self.compute_pairing_metrics(pl_module, batch, query, key)
+            metrics.update(pairing)
+            if pairing:
+                start = len(self.pairing_prefix) + 1
+                self.last_pairing = {k[start:]: float(v) for k, v in pairing.items()}
+                self.last_pairing["step"] = float(step)
         values = {name: float(value) for name, value in metrics.items()}
         row = trainer.fit_loop.epoch_loop._batches_that_stepped  # the row of Lightning's logs
         for logger in trainer.loggers:
