@@ -11,6 +11,7 @@
         data.synthetic.ooc_fraction=0.2 out=out/ooc
     hcl-analyze embed checkpoint=last.ckpt data=folder data.image_dir=DIR format=pt
     hcl-analyze export checkpoint=last.ckpt format=detectron2 out=r50.pkl
+    hcl-analyze export checkpoint=last.ckpt format=timm out=r50_timm.pth
     hcl-analyze norms --help                                   # the command's keys
 
 For ``data=synthetic`` the scenes are generated (or reused) exactly as ``hcl-train``
@@ -44,7 +45,7 @@ from hcl_lightning.analysis.norms import norms_vs_objects
 from hcl_lightning.analysis.out_of_context import out_of_context_scores
 from hcl_lightning.config import ConfigError, check_choice, check_number, check_path, require
 from hcl_lightning.data.synthetic import check_context_args, prepare_synthetic_data
-from hcl_lightning.export import export_detectron2, export_torchvision
+from hcl_lightning.export import export_detectron2, export_timm, export_torchvision, resnet_name
 
 __all__ = ["COMMANDS", "KEYS", "compose_config", "main"]
 
@@ -178,15 +179,26 @@ def _run_embed(cfg: DictConfig) -> None:
     print(f"out={_out(cfg, 'embed')}")
 
 
+#: Default file of each export format when ``out`` is a folder.
+EXPORT_FILES = {
+    "torchvision": "backbone_torchvision.pth",
+    "timm": "backbone_timm.pth",
+    "detectron2": "backbone.pkl",
+}
+
+
 def _run_export(cfg: DictConfig) -> None:
     fmt = cfg.format or "torchvision"
     out = _out(cfg, "export")
     if out.is_dir() or not out.suffix:
-        out = out / ("backbone_torchvision.pth" if fmt == "torchvision" else "backbone.pkl")
-    if fmt == "torchvision":
-        n = len(export_torchvision(cfg.checkpoint, out, encoder=cfg.encoder))
-    else:
+        out = out / EXPORT_FILES[fmt]
+    if fmt == "detectron2":
         n = len(export_detectron2(cfg.checkpoint, out, encoder=cfg.encoder)["model"])
+    else:
+        export = export_timm if fmt == "timm" else export_torchvision
+        state = export(cfg.checkpoint, out, encoder=cfg.encoder)
+        n = len(state)
+        print(f"architecture={resnet_name(state)}")
     print(f"n_tensors={n}")
     print(f"out={out}")
 
@@ -225,9 +237,9 @@ COMMANDS = {
     ),
     "export": Command(
         _run_export,
-        "backbone weights for torchvision or detectron2 (no data needed)",
+        "backbone weights for torchvision, timm or detectron2 (no data needed)",
         ("checkpoint", "model_class", "out", "format", "encoder"),
-        formats=("torchvision", "detectron2"),
+        formats=("torchvision", "timm", "detectron2"),
         images=False,
     ),
 }

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from hcl_lightning.analysis import auroc, read_coco
@@ -166,6 +167,15 @@ def test_export_command(tiny_fit, tmp_path, capsys):
     )
     assert Path(printed["out"]) == tmp_path / "backbone.pkl"
     assert (tmp_path / "backbone.pkl").is_file()
+    printed = run(
+        ["export", f"checkpoint={tiny_fit.checkpoint}", f"out={tmp_path}", "format=timm"],
+        capsys,
+    )
+    assert Path(printed["out"]) == tmp_path / "backbone_timm.pth"
+    assert printed["architecture"] == "resnet18"
+    model = timm.create_model(printed["architecture"], pretrained=False)
+    result = model.load_state_dict(torch.load(printed["out"]), strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
 
 
 def test_missing_checkpoint_is_an_error(tiny_fit, tmp_path, capsys):
@@ -349,7 +359,7 @@ def test_help_lists_commands_keys_and_defaults(capsys):
     assert "grid_images" not in out
     assert main(["export", "data=coco", "-h"]) == 0
     out = capsys.readouterr().out
-    assert "format=null" in out and "torchvision | detectron2" in out and "data." not in out
+    assert "format=null" in out and "torchvision | timm | detectron2" in out and "data." not in out
     assert main([]) == 2 and "usage:" in capsys.readouterr().err
 
 
