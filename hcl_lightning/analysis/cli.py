@@ -55,6 +55,7 @@ from hcl_lightning.analysis.evaluate import (
 )
 from hcl_lightning.analysis.norms import norms_vs_objects
 from hcl_lightning.analysis.out_of_context import out_of_context_scores
+from hcl_lightning.analysis.plots import MAP_METHODS
 from hcl_lightning.analysis.probes import knn_accuracy
 from hcl_lightning.config import ConfigError, check_choice, check_number, check_path, require
 from hcl_lightning.data.synthetic import check_context_args, prepare_synthetic_data
@@ -91,6 +92,8 @@ KEYS = {
     "lr": "learning rate (lbfgs: initial step)",
     "weight_decay": "L2 penalty of the linear weights",
     "progress_bar": "show Lightning's progress bar",
+    "plot": "also draw map.png (UMAP or t-SNE) and poincare_disk.png",
+    "map_method": "2-D map: auto (UMAP if umap-learn is installed, else t-SNE), umap, tsne",
 }
 _KNOWN = (
     f"keys: {', '.join(KEYS)}; data=synthetic|coco|folder and its data.* keys "
@@ -209,8 +212,19 @@ def _run_ooc(cfg: DictConfig) -> None:
 
 
 def _run_embed(cfg: DictConfig) -> None:
-    meta = _analyse(cfg, "embed", embed_dataset, fmt=cfg.format or "npy")
+    meta = _analyse(
+        cfg,
+        "embed",
+        embed_dataset,
+        fmt=cfg.format or "npy",
+        plot=cfg.plot,
+        map_method=cfg.map_method,
+        seed=cfg.seed,
+    )
     _print_values(meta, ("n_images", "feature_dim", "ball_dim"))
+    if cfg.plot:
+        _print_values(meta, ("map_method",))
+        print(f"plots={','.join(meta['plots'])}")
     print(f"out={_out(cfg, 'embed')}")
 
 
@@ -366,8 +380,8 @@ COMMANDS = {
     ),
     "embed": Command(
         _run_embed,
-        "Euclidean and ball embeddings of whole images",
-        (*IMAGE_KEYS, "format"),
+        "Euclidean and ball embeddings of whole images; plot=true: UMAP/t-SNE + Poincaré disk",
+        (*IMAGE_KEYS, "format", "plot", "map_method", "seed"),
         formats=("npy", "pt"),
         boxes=False,
     ),
@@ -409,6 +423,8 @@ def _check(cfg: DictConfig, command: Command) -> None:
         check_choice(cfg, "format", command.formats, f"null means {command.formats[0]}")
     if "encoder" in command.keys:
         check_choice(cfg, "encoder", ("online", "momentum"), "encoder used")
+    if "map_method" in command.keys:
+        check_choice(cfg, "map_method", MAP_METHODS, "2-D map of plot=true")
     if "optimizer" in command.keys:
         check_choice(cfg, "optimizer", OPTIMIZERS, KEYS["optimizer"])
     if not command.images:

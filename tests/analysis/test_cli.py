@@ -23,18 +23,6 @@ from hcl_lightning.analysis.out_of_context import OOC_COLUMNS
 from tests.helpers import N_IMAGES
 
 
-@pytest.fixture(scope="module")
-def ooc_ann_file(tiny_fit, tmp_path_factory) -> Path:
-    """The synthetic annotations with every 4th object flagged out of context."""
-    data = json.loads(tiny_fit.ann_file.read_text())
-    for i, ann in enumerate(data["annotations"]):
-        if i % 4 == 0:
-            ann["out_of_context"] = 1
-    path = tmp_path_factory.mktemp("ooc") / "annotations_ooc.json"
-    path.write_text(json.dumps(data))
-    return path
-
-
 def common(tiny_fit, out: Path, ann_file: Path | None = None) -> list[str]:
     """Overrides analysing the tiny tiny_fit's checkpoint on its images (data=coco)."""
     return [

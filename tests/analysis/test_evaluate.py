@@ -10,24 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from hcl_lightning.analysis.cli import main
 from hcl_lightning.analysis.evaluate import coco_crop_split, folder_split, train_linear
 from hcl_lightning.analysis.probes import knn_accuracy, topk_accuracy
-
-COLOURS = {"blue": (30, 30, 220), "green": (30, 200, 30), "red": (220, 30, 30)}
-
-
-def write_image_folder(root: Path, per_class: int = 5) -> Path:
-    """``root/<colour>/<i>.png``: 32-px noisy images of one colour per class."""
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = np.clip(np.asarray(colour) + rng.normal(0, 20, (32, 32, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
+from tests.helpers import write_image_folder
 
 
 def run(argv: list[str], capsys) -> dict[str, str]:
