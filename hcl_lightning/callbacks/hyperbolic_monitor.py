@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
@@ -40,7 +41,11 @@ class HyperbolicMonitor(pl.Callback):
     * ``{prefix}/boundary_fraction``: the fraction of embeddings within ``boundary_tol``
       (relative) of the radius; above ``boundary_warn`` a warning is issued once per fit;
     * ``{prefix}/clipped_fraction``: ``hcl_head.clipped_fraction`` (the outlier guard);
-    * ``{prefix}/curvature``: ``c``, when it is learned.
+    * ``{prefix}/curvature``: ``c``, when it is learned;
+    * with ``histograms``, ``{prefix}/scene_norm_hist`` and ``{prefix}/object_norm_hist``:
+      the whole distributions of those norm fractions, to the loggers that draw
+      histograms (Weights & Biases: a ``wandb.Histogram`` at the same row;
+      TensorBoard: ``add_histogram``); other loggers (CSV) get none.
 
     The embeddings are ``pl_module.hcl_last_embeddings`` of this step when the module
     stores them, else ``pl_module.hcl_embed(batch)`` under ``no_grad`` with the BatchNorm
@@ -55,6 +60,7 @@ class HyperbolicMonitor(pl.Callback):
         boundary_tol: relative distance to the radius that counts as "on the boundary".
         boundary_warn: boundary fraction above which a warning is issued.
         prefix: metric name prefix.
+        histograms: also log the norm histograms.
 
     Raises:
         ValueError: for an argument out of range.
@@ -70,6 +76,7 @@ class HyperbolicMonitor(pl.Callback):
         boundary_tol: float = 1e-3,
         boundary_warn: float = 0.01,
         prefix: str = "train/ball",
+        histograms: bool = True,
     ) -> None:
         super().__init__()
         if every_n_steps < 1:
@@ -82,6 +89,7 @@ class HyperbolicMonitor(pl.Callback):
         self.boundary_tol = float(boundary_tol)
         self.boundary_warn = float(boundary_warn)
         self.prefix = prefix
+        self.histograms = bool(histograms)
         self._last_step: int | None = None
         self._warned = False
 
@@ -129,6 +137,8 @@ class HyperbolicMonitor(pl.Callback):
         row = trainer.fit_loop.epoch_loop._batches_that_stepped  # the row of Lightning's logs
         for logger in trainer.loggers:
             logger.log_metrics(values, step=row)
+        if self.histograms and trainer.is_global_zero:
+            self.log_histograms(trainer.loggers, pl_module, query, key, row)
         boundary = float(metrics[f"{self.prefix}/boundary_fraction"])
         if boundary > self.boundary_warn and not self._warned:
             self._warned = True
@@ -158,6 +168,32 @@ class HyperbolicMonitor(pl.Callback):
                     for name, value in buffers.items():
                         getattr(module, name).copy_(value)
         return query.detach(), key.detach()
+
+    def log_histograms(
+        self,
+        loggers: Sequence[Logger],
+        pl_module: pl.LightningModule,
+        query: Tensor,
+        key: Tensor,
+        step: int,
+    ) -> None:
+        """The scene (``query``) and object (``key``) norm fractions as histograms, to the
+        ``loggers`` that draw them (W&B, TensorBoard), at ``step``."""
+        curvature = pl_module.hcl_head.curvature.detach()
+        hists = {
+            f"{self.prefix}/{name}_norm_hist": ball_norm_fraction(x, curvature).float().cpu()
+            for name, x in (("scene", query), ("object", key))
+        }
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                logger.log_metrics(
+                    {tag: wandb.Histogram(v.numpy()) for tag, v in hists.items()}, step=step
+                )
+            elif isinstance(logger, TensorBoardLogger):
+                for tag, values in hists.items():
+                    logger.experiment.add_histogram(tag, values, global_step=step)
 
     def compute_metrics(
         self, pl_module: pl.LightningModule, query: Tensor, key: Tensor
