@@ -392,7 +392,8 @@ def plot_embeddings(
     analysis.plots.map_2d`, UMAP or t-SNE) of their backbone features,
     ``poincare_disk.png`` their ball points with the whole images (``scenes``, the
     :func:`embed_images` result) as grey crosses, projected together by
-    :func:`~hcl_lightning.analysis.plots.disk_projection` (norms kept). Without boxes
+    :func:`~hcl_lightning.analysis.plots.disk_projection` (norms kept) onto the principal
+    axes of the objects' directions. Without boxes
     the points are the whole images, coloured by their sub-folder (the ImageFolder
     class). Unreadable images and crops are left out.
 
@@ -434,7 +435,7 @@ def plot_embeddings(
     ]
     ball = points["ball"][ok]
     others = scene_ball if with_boxes else np.zeros((0, ball.shape[1]), ball.dtype)
-    disk = disk_projection(np.concatenate([ball, others]), c)
+    disk = disk_projection(np.concatenate([ball, others]), c, reference=ball)
     plots.append(
         plot_disk(
             disk[: len(ball)],

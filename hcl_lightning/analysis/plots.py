@@ -71,48 +71,59 @@ def map_2d(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarr
     return tsne.fit_transform(x), "tsne"
 
 
-def disk_projection(ball: np.ndarray, curvature: float) -> np.ndarray:
+def _directions(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1), 1e-12)[:, None]
+
+
+def disk_projection(
+    ball: np.ndarray, curvature: float, reference: np.ndarray | None = None
+) -> np.ndarray:
     """Points of a Poincaré ball of curvature ``-curvature`` in the unit disk, norms kept.
 
     Each point ``x`` goes to ``r * u``: ``r = sqrt(c) * |x|`` its norm as a fraction of
     the radius (what the HCL analyses read), ``u`` the unit direction of ``x``'s
-    projection onto the first two principal axes of the directions ``x / |x|``. A point
+    projection onto the first two principal axes of the directions ``y / |y|`` of the
+    ``reference`` points (default: ``ball`` itself; e.g. the objects alone, so that
+    their classes spread over the disk rather than the scene/object contrast). A point
     whose projected direction vanishes (or the origin) goes to ``(r, 0)``.
 
     Returns:
         (N, 2) float64 points with norms ``sqrt(c) * |x|`` < 1.
     """
     ball = np.asarray(ball, np.float64)
-    norms = np.linalg.norm(ball, axis=1)
-    directions = ball / np.maximum(norms, 1e-12)[:, None]
-    centred = directions - directions.mean(0)
-    if len(ball) > 1 and ball.shape[1] > 1:
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        axes = vt[:2].T if vt.shape[0] >= 2 else np.eye(ball.shape[1], 2)
-    else:
-        axes = np.eye(ball.shape[1], 2)
-    flat = directions @ axes
+    reference = ball if reference is None else np.asarray(reference, np.float64)
+    centred = _directions(reference) - _directions(reference).mean(0)
+    axes = np.eye(ball.shape[1], 2)
+    if len(reference) > 1 and ball.shape[1] > 1:
+        vt = np.linalg.svd(centred, full_matrices=False)[2]
+        if vt.shape[0] >= 2:
+            axes = vt[:2].T
+    flat = _directions(ball) @ axes
     length = np.linalg.norm(flat, axis=1, keepdims=True)
     unit = np.where(length > 1e-12, flat / np.maximum(length, 1e-12), [1.0, 0.0])
-    return unit * (norms * np.sqrt(curvature))[:, None]
+    return unit * (np.linalg.norm(ball, axis=1) * np.sqrt(curvature))[:, None]
 
 
 def _scatter_classes(ax, points: np.ndarray, classes: Sequence[str], ooc: np.ndarray | None):
     """Points coloured by class (legend), out-of-context ones ringed in black."""
     plt = pyplot()
     names = sorted(set(classes))
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    # tab10 without its grey (the scenes' colour), tab20 for more classes
+    colours = [plt.get_cmap("tab10")(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
+    if len(names) > len(colours):
+        colours = [plt.get_cmap("tab20")(i) for i in range(20)]
     classes = np.asarray(classes)
     for i, name in enumerate(names):
         sel = classes == name
-        ax.scatter(*points[sel].T, s=14, color=cmap(i % cmap.N), alpha=0.8, label=name)
+        colour = colours[i % len(colours)]
+        ax.scatter(*points[sel].T, s=14, color=colour, alpha=0.8, label=name)
     if ooc is not None and ooc.any():
         ax.scatter(
             *points[ooc.astype(bool)].T,
-            s=70,
+            s=45,
             facecolors="none",
             edgecolors="black",
-            linewidths=1.2,
+            linewidths=0.8,
             label=f"out of context ({int(ooc.sum())})",
         )
 
@@ -164,8 +175,8 @@ def plot_disk(
             *np.asarray(scenes).T,
             s=18,
             marker="x",
-            color="dimgrey",
-            alpha=0.7,
+            color="silver",
+            alpha=0.9,
             label=f"scenes ({len(scenes)})",
         )
     _scatter_classes(ax, np.asarray(objects), classes, ooc)
