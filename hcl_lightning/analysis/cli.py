@@ -10,6 +10,7 @@
     hcl-analyze out-of-context checkpoint=last.ckpt data.synthetic.contexts=true \\
         data.synthetic.ooc_fraction=0.2 out=out/ooc
     hcl-analyze embed checkpoint=last.ckpt data=folder data.image_dir=DIR format=pt
+    hcl-analyze embed checkpoint=last.ckpt plot=true             # + map.png, poincare_disk.png
     hcl-analyze linear checkpoint=last.ckpt data=coco data.image_dir=DIR data.ann_file=FILE
     hcl-analyze knn checkpoint=last.ckpt data=folder data.image_dir=ROOT k=20 temperature=0.1
     hcl-analyze export checkpoint=last.ckpt format=detectron2 out=r50.pkl
@@ -501,6 +502,7 @@ def _usage() -> str:
         f"  {PROG} out-of-context checkpoint=CKPT data.synthetic.contexts=true "
         "data.synthetic.ooc_fraction=0.2",
         f"  {PROG} embed checkpoint=CKPT data=folder data.image_dir=DIR format=pt",
+        f"  {PROG} embed checkpoint=CKPT plot=true",
         f"  {PROG} linear checkpoint=CKPT data=coco data.image_dir=DIR data.ann_file=FILE",
         f"  {PROG} knn checkpoint=CKPT data=folder data.image_dir=ROOT k=20",
         f"  {PROG} export checkpoint=CKPT format=detectron2 out=r50.pkl",
