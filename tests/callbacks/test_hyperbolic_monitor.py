@@ -1,4 +1,5 @@
-"""HyperbolicMonitor: logged ball statistics (CSV, TensorBoard), boundary warning; it only observes."""
+"""HyperbolicMonitor: logged ball statistics (CSV, TensorBoard scalars and histograms),
+boundary warning; it only observes."""
 
 from __future__ import annotations
 
@@ -78,6 +79,11 @@ def test_monitor_writes_to_tensorboard(tiny_fit):
     tags = events.Tags()["scalars"]
     assert f"{P}/scene_norm_p50" in tags
     assert [e.step for e in events.Scalars(f"{P}/scene_norm_p50")] == [EVERY - 1]
+    for who in ("scene", "object"):  # the whole distribution: one norm per crop of the batch
+        (event,) = events.Histograms(f"{P}/{who}_norm_hist")
+        assert event.step == EVERY - 1
+        hist = event.histogram_value
+        assert hist.num == TINY_HCL["batch_size"] and 0 <= hist.min <= hist.max < 1
 
 
 class RecordingLogger:
@@ -99,6 +105,7 @@ def fake_run(points: tuple[torch.Tensor, torch.Tensor], step: int = 4, learn_cur
     logger = RecordingLogger()
     trainer = SimpleNamespace(
         global_step=step,
+        is_global_zero=True,
         loggers=[logger],
         fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=step - 1)),
     )
