@@ -77,13 +77,17 @@ class Pen:
         self.draw.polygon([self.xy(x, y) for x, y in points], fill=fill)
 
     def oval(self, x0, y0, x1, y1, fill=None, outline=None, width: float = 0.0) -> None:
-        self.draw.ellipse(self.box(x0, y0, x1, y1), fill=fill, outline=outline, width=self.px(width))
+        self.draw.ellipse(
+            self.box(x0, y0, x1, y1), fill=fill, outline=outline, width=self.px(width)
+        )
 
     def rect(self, x0, y0, x1, y1, fill, radius: float = 0.0) -> None:
         self.draw.rounded_rectangle(self.box(x0, y0, x1, y1), radius=self.px(radius), fill=fill)
 
     def line(self, points: Sequence[tuple[float, float]], fill, width: float) -> None:
-        self.draw.line([self.xy(x, y) for x, y in points], fill=fill, width=self.px(width), joint="curve")
+        self.draw.line(
+            [self.xy(x, y) for x, y in points], fill=fill, width=self.px(width), joint="curve"
+        )
 
 
 def tint(colour: Sequence[float], factor: float, alpha: int = 255) -> tuple[int, int, int, int]:
@@ -109,7 +113,9 @@ def draw_leaf(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     y = -1 + 1.75 * t / np.pi
     half = np.sin(t) ** 0.8 * rng.uniform(0.8, 1.0)
     pen.line([(0, 0.7), (0.05, 1)], tint(c, 0.5), 0.08)
-    pen.poly(list(zip(half, y, strict=True)) + list(zip(-half[::-1], y[::-1], strict=True)), tint(c, 1))
+    pen.poly(
+        list(zip(half, y, strict=True)) + list(zip(-half[::-1], y[::-1], strict=True)), tint(c, 1)
+    )
     vein = tint(c, 0.6)
     pen.line([(0, -0.95), (0, 0.75)], vein, 0.05)
     for k in np.linspace(-0.6, 0.4, 4):
@@ -122,7 +128,10 @@ def draw_flower(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     for k in range(n):
         a = 2 * np.pi * k / n
         d, s = np.array([np.cos(a), np.sin(a)]), np.array([-np.sin(a), np.cos(a)])
-        pts = [0.55 * d + 0.42 * np.cos(t) * d + 0.2 * np.sin(t) * s for t in np.linspace(0, 2 * np.pi, 14)]
+        pts = [
+            0.55 * d + 0.42 * np.cos(t) * d + 0.2 * np.sin(t) * s
+            for t in np.linspace(0, 2 * np.pi, 14)
+        ]
         pen.poly([tuple(p) for p in pts], tint(c, 0.9 + 0.2 * (k % 2)))
     pen.oval(-0.3, -0.3, 0.3, 0.3, fill=tint((230, 170, 30), rng.uniform(0.7, 1.0)))
 
@@ -267,21 +276,87 @@ KINDS = tuple(
     Kind(name, 10 * (k + 1), draw, colours, aspect, spin)
     for k, (name, draw, colours, aspect, spin) in enumerate(
         [
-            ("leaf", draw_leaf, ((70, 150, 50), (125, 170, 40), (205, 140, 30), (170, 60, 30)), (0.45, 0.7), 180),
-            ("flower", draw_flower, ((230, 90, 160), (170, 90, 220), (245, 245, 240), (240, 110, 60)), (0.85, 1.15), 180),
-            ("mushroom", draw_mushroom, ((200, 40, 30), (150, 90, 50), (230, 150, 60)), (0.8, 1.2), 15),
-            ("can", draw_can, ((200, 30, 40), (30, 90, 180), (40, 150, 70), (240, 190, 30)), (0.55, 0.8), 6),
+            (
+                "leaf",
+                draw_leaf,
+                ((70, 150, 50), (125, 170, 40), (205, 140, 30), (170, 60, 30)),
+                (0.45, 0.7),
+                180,
+            ),
+            (
+                "flower",
+                draw_flower,
+                ((230, 90, 160), (170, 90, 220), (245, 245, 240), (240, 110, 60)),
+                (0.85, 1.15),
+                180,
+            ),
+            (
+                "mushroom",
+                draw_mushroom,
+                ((200, 40, 30), (150, 90, 50), (230, 150, 60)),
+                (0.8, 1.2),
+                15,
+            ),
+            (
+                "can",
+                draw_can,
+                ((200, 30, 40), (30, 90, 180), (40, 150, 70), (240, 190, 30)),
+                (0.55, 0.8),
+                6,
+            ),
             ("jar", draw_jar, ((150, 20, 60), (230, 120, 20), (120, 60, 30)), (0.75, 0.95), 6),
             ("bottle", draw_bottle, ((30, 110, 50), (120, 70, 20), (60, 140, 170)), (0.3, 0.45), 6),
-            ("cup", draw_cup, ((240, 240, 235), (200, 60, 50), (50, 100, 170), (240, 200, 60)), (1.0, 1.3), 30),
-            ("plate", draw_plate, ((245, 245, 245), (230, 220, 190), (170, 200, 230)), (0.9, 1.1), 0),
-            ("book", draw_book, ((150, 30, 30), (30, 60, 130), (40, 110, 60), (110, 60, 140)), (0.65, 0.8), 180),
-            ("fish", draw_fish, ((250, 140, 30), (240, 210, 40), (60, 120, 220), (220, 70, 70)), (1.4, 2.1), 25),
-            ("jellyfish", draw_jellyfish, ((240, 140, 200), (190, 150, 240), (170, 220, 250)), (0.7, 0.9), 15),
-            ("shell", draw_shell, ((240, 210, 180), (230, 160, 140), (250, 235, 210)), (1.0, 1.3), 40),
+            (
+                "cup",
+                draw_cup,
+                ((240, 240, 235), (200, 60, 50), (50, 100, 170), (240, 200, 60)),
+                (1.0, 1.3),
+                30,
+            ),
+            (
+                "plate",
+                draw_plate,
+                ((245, 245, 245), (230, 220, 190), (170, 200, 230)),
+                (0.9, 1.1),
+                0,
+            ),
+            (
+                "book",
+                draw_book,
+                ((150, 30, 30), (30, 60, 130), (40, 110, 60), (110, 60, 140)),
+                (0.65, 0.8),
+                180,
+            ),
+            (
+                "fish",
+                draw_fish,
+                ((250, 140, 30), (240, 210, 40), (60, 120, 220), (220, 70, 70)),
+                (1.4, 2.1),
+                25,
+            ),
+            (
+                "jellyfish",
+                draw_jellyfish,
+                ((240, 140, 200), (190, 150, 240), (170, 220, 250)),
+                (0.7, 0.9),
+                15,
+            ),
+            (
+                "shell",
+                draw_shell,
+                ((240, 210, 180), (230, 160, 140), (250, 235, 210)),
+                (1.0, 1.3),
+                40,
+            ),
             ("star", draw_star, ((255, 230, 90), (255, 255, 220), (250, 200, 60)), (0.9, 1.1), 36),
             ("moon", draw_moon, ((240, 235, 200), (220, 220, 230)), (0.9, 1.1), 180),
-            ("planet", draw_planet, ((210, 140, 80), (120, 170, 220), (200, 90, 70)), (1.4, 1.8), 30),
+            (
+                "planet",
+                draw_planet,
+                ((210, 140, 80), (120, 170, 220), (200, 90, 70)),
+                (1.4, 1.8),
+                30,
+            ),
         ]
     )
 )
@@ -299,7 +374,9 @@ def render_sprite(kind: Kind, rng: np.random.Generator, width: float, height: fl
     pixels = np.asarray(sprite, float).copy()
     v, u = np.mgrid[-1 : 1 : h * 1j, -1 : 1 : w * 1j]
     blotches = np.asarray(
-        Image.fromarray(rng.uniform(-1, 1, (3, 3)).astype(np.float32), "F").resize((w, h), Image.BILINEAR)
+        Image.fromarray(rng.uniform(-1, 1, (3, 3)).astype(np.float32), "F").resize(
+            (w, h), Image.BILINEAR
+        )
     )
     light = 1 - 0.12 * (u + v) / 2 + 0.1 * blotches
     pixels[..., :3] = pixels[..., :3] * light[..., None] + rng.normal(0, 12, (h, w, 3))
@@ -331,7 +408,9 @@ def jitter(rng: np.random.Generator, rgb: Sequence[float], amount: int = 20) -> 
 def meadow(rng: np.random.Generator, s: int) -> tuple[np.ndarray, dict]:
     horizon = rng.uniform(0.28, 0.5)
     v = np.linspace(0, 1, s)[:, None] * np.ones((1, s))
-    sky = lerp(jitter(rng, (80, 140, 225)), jitter(rng, (205, 225, 245)), np.clip(v / horizon, 0, 1))
+    sky = lerp(
+        jitter(rng, (80, 140, 225)), jitter(rng, (205, 225, 245)), np.clip(v / horizon, 0, 1)
+    )
     depth = np.clip((v - horizon) / (1 - horizon), 0, 1)
     grass = lerp(jitter(rng, (110, 150, 70)), jitter(rng, (50, 125, 35)), depth)
     grass *= 1 + 0.18 * blur_noise(rng, 5, max(4, s // 3), s)[..., None]
@@ -340,7 +419,7 @@ def meadow(rng: np.random.Generator, s: int) -> tuple[np.ndarray, dict]:
 
 
 def pantry_shelf(rng: np.random.Generator, s: int) -> tuple[np.ndarray, dict]:
-    v, u = np.mgrid[0:1 : s * 1j, 0:1 : s * 1j]
+    v, u = np.mgrid[0 : 1 : s * 1j, 0 : 1 : s * 1j]
     wood = jitter(rng, (150, 100, 60), 25)
     grain = np.sin(2 * np.pi * (v * rng.uniform(12, 20) + 0.25 * blur_noise(rng, 3, 6, s)))
     image = wood * (0.85 + 0.08 * grain)[..., None]
@@ -355,7 +434,7 @@ def pantry_shelf(rng: np.random.Generator, s: int) -> tuple[np.ndarray, dict]:
 
 
 def tabletop(rng: np.random.Generator, s: int) -> tuple[np.ndarray, dict]:
-    v, u = np.mgrid[0:1 : s * 1j, 0:1 : s * 1j]
+    v, u = np.mgrid[0 : 1 : s * 1j, 0 : 1 : s * 1j]
     a = rng.uniform(0, np.pi / 2)
     period = rng.uniform(1 / 9, 1 / 5)
     along = np.floor((u * np.cos(a) + v * np.sin(a)) / period * 2) % 2
@@ -367,10 +446,12 @@ def tabletop(rng: np.random.Generator, s: int) -> tuple[np.ndarray, dict]:
 
 
 def underwater(rng: np.random.Generator, s: int) -> tuple[np.ndarray, dict]:
-    v, u = np.mgrid[0:1 : s * 1j, 0:1 : s * 1j]
+    v, u = np.mgrid[0 : 1 : s * 1j, 0 : 1 : s * 1j]
     image = lerp(jitter(rng, (40, 170, 190)), jitter(rng, (10, 45, 110)), v)
     phase = rng.uniform(0, 2 * np.pi, 2)
-    waves = np.sin(2 * np.pi * rng.uniform(3, 6) * u + 2 * np.sin(2 * np.pi * 4 * v + phase[0]) + phase[1])
+    waves = np.sin(
+        2 * np.pi * rng.uniform(3, 6) * u + 2 * np.sin(2 * np.pi * 4 * v + phase[0]) + phase[1]
+    )
     image += (60 * np.clip(waves, 0, 1) ** 6 * (1 - v))[..., None]
     floor = 1 - rng.uniform(0.1, 0.2) + 0.03 * np.sin(2 * np.pi * 2 * u + phase[0])
     sand = jitter(rng, (195, 178, 128)) * (1 + 0.1 * blur_noise(rng, 8, 8, s))[..., None]
@@ -379,12 +460,16 @@ def underwater(rng: np.random.Generator, s: int) -> tuple[np.ndarray, dict]:
 
 
 def night_sky(rng: np.random.Generator, s: int) -> tuple[np.ndarray, dict]:
-    v, u = np.mgrid[0:1 : s * 1j, 0:1 : s * 1j]
+    v, u = np.mgrid[0 : 1 : s * 1j, 0 : 1 : s * 1j]
     image = lerp(jitter(rng, (8, 12, 40), 8), jitter(rng, (35, 35, 85), 12), v)
     twinkle = rng.random((s, s)) < 0.012
     image[twinkle] = rng.uniform(150, 255, (int(twinkle.sum()), 1))
     phase = rng.uniform(0, 2 * np.pi, 2)
-    ridge = 0.8 + 0.06 * np.sin(2 * np.pi * 1.5 * u + phase[0]) + 0.03 * np.sin(2 * np.pi * 5 * u + phase[1])
+    ridge = (
+        0.8
+        + 0.06 * np.sin(2 * np.pi * 1.5 * u + phase[0])
+        + 0.03 * np.sin(2 * np.pi * 5 * u + phase[1])
+    )
     image = np.where((v > ridge)[..., None], jitter(rng, (15, 20, 25), 8), image)
     return image, {"band": (0.0, 0.68)}
 
@@ -445,7 +530,9 @@ def foreground(image: Image.Image, kind: str | None, rng: np.random.Generator) -
     elif kind == "bubbles":
         for _ in range(int(rng.integers(3, 9))):
             x, y, r = rng.uniform(0, s), rng.uniform(0, s), rng.uniform(0.01, 0.035) * s
-            draw.ellipse((x - r, y - r, x + r, y + r), outline=(220, 245, 255, 170), width=max(1, s // 96))
+            draw.ellipse(
+                (x - r, y - r, x + r, y + r), outline=(220, 245, 255, 170), width=max(1, s // 96)
+            )
 
 
 Obj = tuple[int, tuple[int, int, int, int], int]  # kind index, xyxy box, out-of-context flag
@@ -472,7 +559,9 @@ def make_scene(
         for attempt in range(40):
             side = rng.uniform(*SIDE_RANGE) * s * 0.98**attempt
             aspect = rng.uniform(*KINDS[k].aspect)
-            sprite = render_sprite(KINDS[k], rng, side * math.sqrt(aspect), side / math.sqrt(aspect))
+            sprite = render_sprite(
+                KINDS[k], rng, side * math.sqrt(aspect), side / math.sqrt(aspect)
+            )
             w, h = min(sprite.width, s), min(sprite.height, s)
             x, y = place(rng, layout, w, h, s)
             box = (x, y, x + w, y + h)
@@ -579,12 +668,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=200, help="number of images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=96, help="image side in pixels (>= 32)")
-    parser.add_argument("--ooc-fraction", type=float, default=0.15, help="images with one stray object")
+    parser.add_argument(
+        "--ooc-fraction", type=float, default=0.15, help="images with one stray object"
+    )
     parser.add_argument("--max-objects", type=int, default=6)
     args = parser.parse_args(argv)
     try:
         image_dir, ann_file = make_heldout_scenes(
-            args.out, args.images, args.size, args.seed, args.ooc_fraction, max_objects=args.max_objects
+            args.out,
+            args.images,
+            args.size,
+            args.seed,
+            args.ooc_fraction,
+            max_objects=args.max_objects,
         )
     except ValueError as error:
         parser.error(str(error))
