@@ -95,7 +95,9 @@ def test_reads_as_coco_data(scenes) -> None:
 
 
 def test_cli(tmp_path, capsys) -> None:
-    assert heldout.main(["--out", str(tmp_path), "--images", "2", "--size", "32", "--seed", "1"]) == 0
+    assert (
+        heldout.main(["--out", str(tmp_path), "--images", "2", "--size", "32", "--seed", "1"]) == 0
+    )
     assert len(list((tmp_path / "images").iterdir())) == 2
     assert "ann_file=" in capsys.readouterr().out
     with pytest.raises(SystemExit):
