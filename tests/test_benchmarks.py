@@ -18,6 +18,11 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("bench_step.py", [], ["HCL/MoCo step time = "]),
         ("bench_data.py", [], ["HCL/MoCo-v2"]),
         ("reproduce.py", ["--random-colours"], ["| hcl (λ=0.1) | ", "objects in random colours"]),
+        (
+            "reproduce.py",
+            ["--family", "heldout"],
+            ["| moco_v2 (λ=0) | ", "benchmarks/heldout_scenes.py"],
+        ),
     ],
 )
 def test_quick_benchmark_prints_its_ratios(
