@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageColor, ImageDraw
 
 FAMILY = "heldout-v1"
 SUPERSAMPLE = 3  # sprites are drawn this many times larger, then downsampled
@@ -108,6 +108,37 @@ def arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int
 Drawer = Callable[[Pen, RGB, np.random.Generator], None]
 
 
+@dataclass(frozen=True)
+class Kind:
+    """An object kind: category id, drawer, base colours, box aspect (w / h) range and
+    the largest rotation in degrees."""
+
+    name: str
+    category_id: int
+    draw: Drawer
+    colours: tuple[RGB, ...]
+    aspect: tuple[float, float]
+    spin: float
+
+
+#: The object kinds, in category-id order; each drawer registers itself with :func:`object_kind`.
+KINDS: list[Kind] = []
+
+
+def object_kind(category_id: int, aspect: tuple[float, float], spin: float, colours: str):
+    """Registers the decorated ``draw_<name>`` function as the kind ``<name>``, with its
+    base colours given as hex codes."""
+
+    def register(draw: Drawer) -> Drawer:
+        rgb = tuple(ImageColor.getrgb(code)[:3] for code in colours.split())
+        name = draw.__name__.removeprefix("draw_")
+        KINDS.append(Kind(name, category_id, draw, rgb, aspect, spin))
+        return draw
+
+    return register
+
+
+@object_kind(10, (0.45, 0.7), 180, "#469632 #7daa28 #cd8c1e #aa3c1e")
 def draw_leaf(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     t = np.linspace(0, np.pi, 20)
     y = -1 + 1.75 * t / np.pi
@@ -123,6 +154,7 @@ def draw_leaf(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
         pen.line([(0, k + 0.25), (-0.55, k)], vein, 0.03)
 
 
+@object_kind(20, (0.85, 1.15), 180, "#e65aa0 #aa5adc #f5f5f0 #f06e3c")
 def draw_flower(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     n = int(rng.integers(5, 9))
     for k in range(n):
@@ -136,6 +168,7 @@ def draw_flower(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.oval(-0.3, -0.3, 0.3, 0.3, fill=tint((230, 170, 30), rng.uniform(0.7, 1.0)))
 
 
+@object_kind(30, (0.8, 1.2), 15, "#c8281e #965a32 #e6963c")
 def draw_mushroom(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.poly([(-0.3, -0.4), (0.3, -0.4), (0.38, 1), (-0.38, 1)], (235, 225, 200, 255))
     pen.poly([(-1, -0.3), *arc(0, -0.3, 1, 0.7, 180, 360), (1, -0.3)], tint(c, 1))
@@ -145,6 +178,7 @@ def draw_mushroom(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
         pen.oval(x - r, y - r, x + r, y + r, fill=(250, 250, 245, 255))
 
 
+@object_kind(40, (0.55, 0.8), 6, "#c81e28 #1e5ab4 #289646 #f0be1e")
 def draw_can(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     metal = (185, 188, 195)
     pen.rect(-1, -0.85, 1, 0.85, tint(c, 1))
@@ -155,6 +189,7 @@ def draw_can(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.rect(-0.65, -0.68, -0.45, 0.85, tint(c, 1.3))
 
 
+@object_kind(50, (0.75, 0.95), 6, "#96143c #e67814 #783c1e")
 def draw_jar(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.rect(-1, -0.75, 1, 1, (205, 225, 225, 255), radius=0.3)
     pen.rect(-0.88, -0.45, 0.88, 0.92, tint(c, 1), radius=0.25)
@@ -164,6 +199,7 @@ def draw_jar(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.rect(-0.7, -0.35, -0.55, 0.8, tint(c, 1.5))
 
 
+@object_kind(60, (0.3, 0.45), 6, "#1e6e32 #784614 #3c8caa")
 def draw_bottle(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.rect(-1, -0.25, 1, 1, tint(c, 1), radius=0.2)
     pen.poly([(-1, -0.2), (1, -0.2), (0.35, -0.6), (-0.35, -0.6)], tint(c, 1))
@@ -173,6 +209,7 @@ def draw_bottle(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.rect(-0.7, -0.15, -0.5, 0.85, tint(c, 1.45))
 
 
+@object_kind(70, (1.0, 1.3), 30, "#f0f0eb #c83c32 #3264aa #f0c83c")
 def draw_cup(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.oval(0.15, -0.45, 1, 0.45, outline=tint(c, 0.85), width=0.16)
     pen.poly([(-1, -0.8), (0.5, -0.8), (0.35, 1), (-0.85, 1)], tint(c, 1))
@@ -181,6 +218,7 @@ def draw_cup(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.rect(-0.9, 0.1, 0.43, 0.3, tint(c, 0.7))
 
 
+@object_kind(80, (0.9, 1.1), 0, "#f5f5f5 #e6dcbe #aac8e6")
 def draw_plate(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.oval(-1, -1, 1, 1, fill=tint(c, 0.95), outline=tint(c, 0.7), width=0.04)
     pen.oval(-0.68, -0.68, 0.68, 0.68, fill=tint(c, 1.1), outline=tint(c, 0.8), width=0.03)
@@ -191,6 +229,7 @@ def draw_plate(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
         pen.oval(x - 0.3, y - 0.22, x + 0.3, y + 0.22, fill=tint(food, 1))
 
 
+@object_kind(90, (0.65, 0.8), 180, "#961e1e #1e3c82 #286e3c #6e3c8c")
 def draw_book(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.rect(-1, -1, 1, 1, tint(c, 1), radius=0.05)
     pen.rect(0.82, -0.94, 0.98, 0.94, (240, 232, 210, 255))
@@ -200,6 +239,7 @@ def draw_book(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
         pen.line([(-0.45, y), (0.55, y)], tint(c, 1.4), 0.04)
 
 
+@object_kind(100, (1.4, 2.1), 25, "#fa8c1e #f0d228 #3c78dc #dc4646")
 def draw_fish(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.poly([(0.45, 0), (1, -0.85), (0.85, 0), (1, 0.85)], tint(c, 0.85))
     pen.poly([(-0.3, -0.4), (0.25, -0.45), (0.05, -0.95)], tint(c, 0.8))
@@ -210,6 +250,7 @@ def draw_fish(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.oval(-0.72, -0.2, -0.6, -0.08, fill=(10, 10, 10, 255))
 
 
+@object_kind(110, (0.7, 0.9), 15, "#f08cc8 #be96f0 #aadcfa")
 def draw_jellyfish(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     body = tint(c, 1, alpha=215)
     for x in np.linspace(-0.7, 0.7, int(rng.integers(4, 7))):
@@ -222,6 +263,7 @@ def draw_jellyfish(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.oval(-0.4, -0.8, 0.1, -0.55, fill=tint(c, 1.4, 215))
 
 
+@object_kind(120, (1.0, 1.3), 40, "#f0d2b4 #e6a08c #faebd2")
 def draw_shell(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     rim = arc(0, 1, 1, 1.9, 212, 328, 24)
     pen.poly([(0, 1), *rim], tint(c, 1))
@@ -231,6 +273,7 @@ def draw_shell(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.rect(-0.3, 0.78, 0.3, 1, tint(c, 0.8), radius=0.05)
 
 
+@object_kind(130, (0.9, 1.1), 36, "#ffe65a #ffffdc #fac83c")
 def draw_star(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     inner = rng.uniform(0.38, 0.5)
     for scale, factor in ((1.0, 1.0), (0.55, 1.35)):
@@ -242,6 +285,7 @@ def draw_star(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
         pen.poly(pts, tint(c, factor))
 
 
+@object_kind(140, (0.9, 1.1), 180, "#f0ebc8 #dcdce6")
 def draw_moon(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.oval(-1, -1, 1, 1, fill=tint(c, 1))
     for _ in range(3):
@@ -251,6 +295,7 @@ def draw_moon(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.oval(-1 + shift, -1.05, 1 + shift, 0.95, fill=(0, 0, 0, 0))  # bite out: a crescent
 
 
+@object_kind(150, (1.4, 1.8), 30, "#d28c50 #78aadc #c85a46")
 def draw_planet(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.oval(-0.62, -0.62, 0.62, 0.62, fill=tint(c, 1))
     for y in np.linspace(-0.4, 0.4, 5)[int(rng.integers(2)) :: 2]:
@@ -259,107 +304,6 @@ def draw_planet(pen: Pen, c: RGB, rng: np.random.Generator) -> None:
     pen.oval(-1, -0.28, 1, 0.28, outline=tint((225, 210, 170), rng.uniform(0.8, 1.1)), width=0.09)
 
 
-@dataclass(frozen=True)
-class Kind:
-    """An object kind: category id, drawer, base colours, box aspect (w / h) range and
-    the largest rotation in degrees."""
-
-    name: str
-    category_id: int
-    draw: Drawer
-    colours: tuple[RGB, ...]
-    aspect: tuple[float, float]
-    spin: float
-
-
-KINDS = tuple(
-    Kind(name, 10 * (k + 1), draw, colours, aspect, spin)
-    for k, (name, draw, colours, aspect, spin) in enumerate(
-        [
-            (
-                "leaf",
-                draw_leaf,
-                ((70, 150, 50), (125, 170, 40), (205, 140, 30), (170, 60, 30)),
-                (0.45, 0.7),
-                180,
-            ),
-            (
-                "flower",
-                draw_flower,
-                ((230, 90, 160), (170, 90, 220), (245, 245, 240), (240, 110, 60)),
-                (0.85, 1.15),
-                180,
-            ),
-            (
-                "mushroom",
-                draw_mushroom,
-                ((200, 40, 30), (150, 90, 50), (230, 150, 60)),
-                (0.8, 1.2),
-                15,
-            ),
-            (
-                "can",
-                draw_can,
-                ((200, 30, 40), (30, 90, 180), (40, 150, 70), (240, 190, 30)),
-                (0.55, 0.8),
-                6,
-            ),
-            ("jar", draw_jar, ((150, 20, 60), (230, 120, 20), (120, 60, 30)), (0.75, 0.95), 6),
-            ("bottle", draw_bottle, ((30, 110, 50), (120, 70, 20), (60, 140, 170)), (0.3, 0.45), 6),
-            (
-                "cup",
-                draw_cup,
-                ((240, 240, 235), (200, 60, 50), (50, 100, 170), (240, 200, 60)),
-                (1.0, 1.3),
-                30,
-            ),
-            (
-                "plate",
-                draw_plate,
-                ((245, 245, 245), (230, 220, 190), (170, 200, 230)),
-                (0.9, 1.1),
-                0,
-            ),
-            (
-                "book",
-                draw_book,
-                ((150, 30, 30), (30, 60, 130), (40, 110, 60), (110, 60, 140)),
-                (0.65, 0.8),
-                180,
-            ),
-            (
-                "fish",
-                draw_fish,
-                ((250, 140, 30), (240, 210, 40), (60, 120, 220), (220, 70, 70)),
-                (1.4, 2.1),
-                25,
-            ),
-            (
-                "jellyfish",
-                draw_jellyfish,
-                ((240, 140, 200), (190, 150, 240), (170, 220, 250)),
-                (0.7, 0.9),
-                15,
-            ),
-            (
-                "shell",
-                draw_shell,
-                ((240, 210, 180), (230, 160, 140), (250, 235, 210)),
-                (1.0, 1.3),
-                40,
-            ),
-            ("star", draw_star, ((255, 230, 90), (255, 255, 220), (250, 200, 60)), (0.9, 1.1), 36),
-            ("moon", draw_moon, ((240, 235, 200), (220, 220, 230)), (0.9, 1.1), 180),
-            (
-                "planet",
-                draw_planet,
-                ((210, 140, 80), (120, 170, 220), (200, 90, 70)),
-                (1.4, 1.8),
-                30,
-            ),
-        ]
-    )
-)
 KIND_INDEX = {kind.name: k for k, kind in enumerate(KINDS)}
 
 
@@ -577,6 +521,50 @@ def make_scene(
     return image, [(k, box, flag) for k, _, box, flag in placed]
 
 
+def coco_entries(
+    i: int, name: str, size: int, context: int, objects: list[Obj], first_id: int
+) -> tuple[dict, list[dict]]:
+    """The COCO image entry of scene ``i`` and its annotations, numbered from ``first_id``."""
+    image = {"id": i + 1, "file_name": name, "width": size, "height": size}
+    image.update(num_objects=len(objects), context=SETTINGS[context].name, context_id=context + 1)
+    annotations = []
+    for n, (k, (x0, y0, x1, y1), flag) in enumerate(objects):
+        w, h = x1 - x0, y1 - y0
+        annotations.append(
+            {"id": first_id + n, "image_id": i + 1, "category_id": KINDS[k].category_id}
+            | {"bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0, "out_of_context": flag}
+        )
+    return image, annotations
+
+
+def dataset_info() -> dict[str, list[dict]]:
+    """The ``categories`` (grouped by context) and ``contexts`` of the COCO file."""
+    typical = [[KINDS[KIND_INDEX[name]] for name in setting.kinds] for setting in SETTINGS]
+    return {
+        "categories": [
+            {"id": k.category_id, "name": k.name, "supercategory": setting.name}
+            for setting, kinds in zip(SETTINGS, typical, strict=True)
+            for k in kinds
+        ],
+        "contexts": [
+            {"id": c + 1, "name": setting.name, "background": setting.description}
+            | {"category_ids": [k.category_id for k in kinds]}
+            for c, (setting, kinds) in enumerate(zip(SETTINGS, typical, strict=True))
+        ],
+    }
+
+
+def already_written(root: Path, meta: dict, names: Sequence[str]) -> bool:
+    """Whether ``root`` holds the complete set ``meta`` describes (``meta.json`` is
+    written last)."""
+    try:
+        recorded = json.loads((root / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    files = ["annotations.json", *(f"images/{name}" for name in names)]
+    return recorded == meta and all((root / f).is_file() for f in files)
+
+
 def make_heldout_scenes(
     root: str | Path,
     n_images: int = 200,
@@ -586,8 +574,9 @@ def make_heldout_scenes(
     min_objects: int = 2,
     max_objects: int = 6,
 ) -> tuple[Path, Path]:
-    """Writes (or reuses) a held-out scene set in COCO format; returns
-    ``(image_dir, ann_file)``. See the module docstring."""
+    """Writes (or reuses) a held-out scene set in COCO format under ``root`` (images in
+    ``images/``, ``annotations.json``, ``meta.json``); returns ``(image_dir, ann_file)``.
+    See the module docstring."""
     if n_images < 1 or image_size < 32 or not 2 <= min_objects <= max_objects:
         raise ValueError(
             f"need n_images >= 1, image_size >= 32 and 2 <= min_objects <= max_objects; "
@@ -596,70 +585,29 @@ def make_heldout_scenes(
     if not 0 <= ooc_fraction <= 1:
         raise ValueError(f"ooc_fraction must be in [0, 1], got {ooc_fraction}")
     root = Path(root)
-    image_dir, ann_file, meta_file = root / "images", root / "annotations.json", root / "meta.json"
-    meta = {
-        "family": FAMILY,
-        "n_images": n_images,
-        "image_size": image_size,
-        "seed": seed,
-        "ooc_fraction": ooc_fraction,
-        "objects": [min_objects, max_objects],
-    }
     names = [f"scene_{i:05d}.jpg" for i in range(n_images)]
-    if meta_file.is_file() and json.loads(meta_file.read_text()) == meta and ann_file.is_file():
-        if all((image_dir / name).is_file() for name in names):
-            return image_dir, ann_file
-    meta_file.unlink(missing_ok=True)
-    image_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"family": FAMILY, "n_images": n_images, "image_size": image_size, "seed": seed}
+    meta.update(ooc_fraction=ooc_fraction, objects=[min_objects, max_objects])
+    if already_written(root, meta, names):
+        return root / "images", root / "annotations.json"
+    (root / "meta.json").unlink(missing_ok=True)
+    (root / "images").mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng([seed, RNG_TAG, n_images]).permutation(n_images)
     strays = set(order[: round(ooc_fraction * n_images)].tolist())
-    coco: dict[str, list] = {"images": [], "annotations": []}
+    images, annotations = [], []
     for i, name in enumerate(names):
         rng = np.random.default_rng([seed, RNG_TAG, i, 1])
-        c = int(rng.integers(len(SETTINGS)))
+        context = int(rng.integers(len(SETTINGS)))
         n = int(rng.integers(min_objects, max_objects + 1))
-        image, objects = make_scene(rng, image_size, SETTINGS[c], n, i in strays)
-        image.save(image_dir / name, quality=90)
-        coco["images"].append(
-            {
-                "id": i + 1,
-                "file_name": name,
-                "width": image_size,
-                "height": image_size,
-                "num_objects": len(objects),
-                "context": SETTINGS[c].name,
-                "context_id": c + 1,
-            }
-        )
-        for k, (x0, y0, x1, y1), flag in objects:
-            coco["annotations"].append(
-                {
-                    "id": len(coco["annotations"]) + 1,
-                    "image_id": i + 1,
-                    "category_id": KINDS[k].category_id,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
-                    "out_of_context": flag,
-                }
-            )
-    coco["categories"] = [
-        {"id": kind.category_id, "name": kind.name, "supercategory": setting.name}
-        for setting in SETTINGS
-        for kind in (KINDS[KIND_INDEX[name]] for name in setting.kinds)
-    ]
-    coco["contexts"] = [
-        {
-            "id": c + 1,
-            "name": setting.name,
-            "background": setting.description,
-            "category_ids": [KINDS[KIND_INDEX[name]].category_id for name in setting.kinds],
-        }
-        for c, setting in enumerate(SETTINGS)
-    ]
-    ann_file.write_text(json.dumps(coco))
-    meta_file.write_text(json.dumps(meta))
-    return image_dir, ann_file
+        image, objects = make_scene(rng, image_size, SETTINGS[context], n, i in strays)
+        image.save(root / "images" / name, quality=90)
+        entry, anns = coco_entries(i, name, image_size, context, objects, len(annotations) + 1)
+        images.append(entry)
+        annotations += anns
+    coco = {"images": images, "annotations": annotations, **dataset_info()}
+    (root / "annotations.json").write_text(json.dumps(coco))
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root / "images", root / "annotations.json"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
