@@ -102,3 +102,15 @@ def test_cli(tmp_path, capsys) -> None:
     assert "ann_file=" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         heldout.main(["--out", str(tmp_path), "--ooc-fraction", "2"])
+
+
+def test_reproduce_family_option(tmp_path) -> None:
+    reproduce = importlib.import_module("reproduce")
+    args = reproduce.parse_args(["--family", "heldout", "--quick", "--data-root", str(tmp_path)])
+    assert args.family == "heldout" and reproduce.parse_args([]).family == "synthetic"
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--family", "heldout", "--random-colours"])
+    args.train_images = 4
+    overrides = reproduce.data_overrides(args)
+    assert overrides[:2] == ["~data.synthetic", "~data.val_synthetic"]
+    assert f"data.image_dir={(tmp_path / 'heldout-train' / 'images').resolve()}" in overrides
