@@ -53,7 +53,9 @@ class HyperbolicMonitor(pl.Callback):
       ceiling of the pairing on the current data (``class_ceiling_loss`` /
       ``class_ceiling_top1``, :func:`~hcl_lightning.hyperbolic.pairing.class_level_ceiling`).
       The negatives are the queue as the step's loss saw it (copied before the step);
-      the classes of the queued keys are mirrored from every step's ``labels``;
+      the classes of the queued keys are mirrored from every step's ``labels`` (rows
+      not written since the fit began, such as the initial random rows, count as
+      unknown: no class matches them). Not logged while ``hcl_lambda`` is 0;
     * with ``histograms``, ``{prefix}/scene_norm_hist`` and ``{prefix}/object_norm_hist``:
       the whole distributions of those norm fractions, to the loggers that draw
       histograms (Weights & Biases: a ``wandb.Histogram`` at the same row;
@@ -237,8 +239,8 @@ class HyperbolicMonitor(pl.Callback):
     ) -> dict[str, Tensor]:
         """Pairing statistics of this step's scenes and objects (see the class docstring)."""
         criterion = getattr(pl_module, "hcl_criterion", None)
-        if criterion is None:
-            return {}
+        if criterion is None or getattr(pl_module, "hcl_lambda", None) == 0:
+            return {}  # at λ = 0 no loss is computed and the queue stays as initialised
         queue = self._queue(pl_module)
         negatives = negative_labels = None
         if queue is not None:

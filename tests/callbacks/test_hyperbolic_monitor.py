@@ -58,6 +58,14 @@ def test_monitor_writes_pairing_statistics(tiny_fit):
     assert stats["chance_top1"] <= stats["class_ceiling_top1"] <= 1
 
 
+def test_no_pairing_statistics_at_lambda_zero():
+    """λ = 0 computes no loss and leaves the queue as initialised: nothing to read."""
+    model = HCLMoCoV2(backbone="resnet18", small_input=True, hcl_queue_size=6, hcl_lambda=0.0)
+    points = torch.zeros(2, model.hcl_head.output_dim)
+    monitor = HyperbolicMonitor()
+    assert monitor.compute_pairing_metrics(model, {"labels": None}, points, points) == {}
+
+
 def test_monitor_mirrors_the_queue_classes():
     """The classes of queued keys follow the queue's pointer, wrapping around its end."""
     model = HCLMoCoV2(backbone="resnet18", small_input=True, hcl_queue_size=6, hcl_dim=8)
