@@ -23,7 +23,7 @@ from hcl_lightning.data import (
     SceneObjectSampler,
     make_synthetic_scenes,
 )
-from hcl_lightning.data.images import BAD_IMAGE_REASONS, DEFAULT_MAX_IMAGE_PIXELS, load_image
+from hcl_lightning.data.images import DEFAULT_MAX_IMAGE_PIXELS, load_image
 from hcl_lightning.data.synthetic import prepare_synthetic_data
 from tests.helpers import compose_config, tiny_overrides
 
@@ -43,9 +43,7 @@ def make_dataset(records, **kwargs):
 
 
 def check_batch(batch, batch_size, object_size, scene_size):
-    assert set(batch) == {"views", "scene", "object", "n_objects", "labels", "index", "skipped"}
-    assert batch["skipped"].shape == (batch_size, len(BAD_IMAGE_REASONS))
-    assert batch["skipped"].dtype == torch.int64
+    assert set(batch) == {"views", "scene", "object", "n_objects", "labels", "index"}
     assert isinstance(batch["views"], list) and len(batch["views"]) == 2
     for view in batch["views"]:
         assert view.shape == (batch_size, 3, object_size, object_size)
@@ -66,7 +64,7 @@ def test_dataset_item_and_default_collate(synthetic):
     batch = next(iter(DataLoader(dataset, batch_size=4)))
     check_batch(batch, 4, 32, 40)
     assert batch["index"].tolist() == [0, 1, 2, 3]
-    assert not dataset.skipped
+    assert not dataset.unreadable()
 
 
 def test_dataset_skips_and_counts_bad_images(synthetic, tmp_path):
@@ -79,10 +77,8 @@ def test_dataset_skips_and_counts_bad_images(synthetic, tmp_path):
     dataset = make_dataset(records, max_bad_fraction=0.5)
 
     items = [dataset[i] for i in range(len(dataset))]
-    assert dict(dataset.skipped) == {"corrupt": 2, "missing": 1}
-    assert [name for name, _ in dataset.offenders] == [str(truncated), str(garbage), str(missing)]
-    assert items[3]["index"].item() == 4  # resampled deterministically: the next image
-    assert items[10]["index"].item() == 11
+    assert dataset.unreadable() == [(truncated, "corrupt"), (garbage, "corrupt"), (missing, "missing")]
+    assert {item["index"].item() for item in items}.isdisjoint({3, 7, 10})  # replaced
 
 
 def test_dataset_gives_up_when_too_many_images_are_bad(synthetic, tmp_path):
@@ -96,7 +92,7 @@ def test_dataset_gives_up_when_too_many_images_are_bad(synthetic, tmp_path):
         for i in range(len(dataset)):
             dataset[i]
 
-    all_bad = make_dataset([ImageRecord(tmp_path / "gone.jpg")] * 3)
+    all_bad = make_dataset([ImageRecord(tmp_path / "gone.jpg")] * 3, max_bad_fraction=1.0)
     with pytest.raises(RuntimeError, match="no readable image.*gone.jpg"):
         all_bad[0]
 
