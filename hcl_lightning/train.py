@@ -38,6 +38,7 @@ from hcl_lightning.checkpointing import (
     resume_epoch_end_checkpoints_at_next_epoch,
 )
 from hcl_lightning.config import ConfigError, validate_config
+from hcl_lightning.console import log_to_root, logger, quiet_startup
 from hcl_lightning.data.synthetic import prepare_synthetic_data
 
 __all__ = ["main", "train"]
@@ -70,7 +71,13 @@ def _dirname(overrides: str) -> str:
     return re.sub(r"[^\w.,=+-]", "_", ",".join(items))[:MAX_DIRNAME]
 
 
+def _objective_mode(objective: str) -> str:
+    """``min`` for a metric whose name contains ``loss``, else ``max``."""
+    return "min" if "loss" in str(objective) else "max"
+
+
 OmegaConf.register_new_resolver("hcl_dirname", _dirname, replace=True)
+OmegaConf.register_new_resolver("hcl_objective_mode", _objective_mode, replace=True)
 
 
 def _instantiate_dict(node: DictConfig | None) -> list[Any]:
@@ -125,8 +132,20 @@ def _output_dir(cfg: DictConfig) -> Path:
     return Path(str(value)).expanduser().resolve()
 
 
+def _objective(trainer: pl.Trainer, name: str) -> float:
+    """The last logged value of the metric ``name`` (NaN, with a message, if never logged)."""
+    if name in trainer.callback_metrics:
+        return float(trainer.callback_metrics[name])
+    if trainer.is_global_zero:
+        logger.warning(
+            f"hcl-train: objective={name} was never logged (validation metrics need "
+            "labelled validation data); the run returns nan to a sweeper"
+        )
+    return math.nan
+
+
 def _summary(
-    trainer: pl.Trainer, history: MetricHistory, seconds: float, output_dir: Path
+    trainer: pl.Trainer, history: MetricHistory, seconds: float, output_dir: Path, objective: str
 ) -> dict[str, Any]:
     metrics = {
         key.removeprefix("train/"): float(trainer.callback_metrics[key])
@@ -140,12 +159,11 @@ def _summary(
     callback = trainer.checkpoint_callback
     if callback is not None:
         path = callback.last_model_path or callback.best_model_path
-        checkpoint = str(Path(path).resolve()) if path else None
+        checkpoint = str(Path(path).absolute()) if path else None  # last.ckpt, not its target
     log_dir = trainer.logger.log_dir if trainer.logger is not None else None
-    objective = metrics.get("loss_total", metrics.get("loss_euc", metrics.get("loss", math.nan)))
     return {
         **metrics,
-        "objective": objective,
+        "objective": _objective(trainer, objective),
         "trend": {key: history.trend(key) for key in SUMMARY_METRICS if history.trend(key)},
         "global_step": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
@@ -195,8 +213,6 @@ def _print_summary(summary: dict[str, Any], lam: float) -> None:
             f"  validation top-1 of frozen backbone features: linear probe "
             f"{summary['val_linear_top1']:.4f}, kNN {summary['val_knn_top1']:.4f}"
         )
-    if "data_hygiene" in summary:
-        lines.append(f"  data: {summary['data_hygiene']}")
     if "nonfinite_steps" in summary:
         lines.append(f"  non-finite steps skipped: {summary['nonfinite_steps']}")
     lines.append(f"output_dir={summary['output_dir']}")
@@ -204,7 +220,7 @@ def _print_summary(summary: dict[str, Any], lam: float) -> None:
         lines.append(f"logs={summary['log_dir']}")
     if summary["checkpoint"]:
         lines.append(f"checkpoint={summary['checkpoint']}")
-    print("\n".join(lines), flush=True)
+    logger.info("\n".join(lines))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -223,8 +239,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         The last logged value of each metric (``loss_euc``, ``loss_hyp``, ``hyp_acc1``,
         ``norm_scene``, ``norm_object``, ``loss_total``, the online probes'
         ``val_linear_top1`` and ``val_knn_top1``, ...; absent when not logged, e.g. the
-        hyperbolic ones for ``hcl.lam=0``), ``objective`` (``loss_total``, or the
-        baseline loss for ``hcl.lam=0``), ``trend`` (first/last step means), and
+        hyperbolic ones for ``hcl.lam=0``), ``objective`` (the last value of the metric
+        ``cfg.objective``, NaN if it was never logged), ``trend`` (first/last step
+        means), and
         ``output_dir``, ``log_dir``, ``checkpoint`` (absolute paths).
 
     Raises:
@@ -251,16 +268,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # with max_steps set, Lightning would resume last.ckpt inside its finished epoch
     resume_epoch_end_checkpoints_at_next_epoch(trainer)
     if trainer.is_global_zero:
-        print(
+        logger.info(
             f"hcl-train: {type(model).__name__}({cfg.model.backbone}) on {cfg.data.image_dir}, "
             f"hcl.lam={cfg.hcl.lam:g} hcl.tau={cfg.hcl.tau:g} hcl.c={cfg.hcl.c:g}, "
-            f"output_dir={output_dir}",
-            flush=True,
+            f"output_dir={output_dir}"
         )
 
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    summary = _summary(trainer, history, time.perf_counter() - start, output_dir)
+    seconds = time.perf_counter() - start
+    summary = _summary(trainer, history, seconds, output_dir, str(cfg.objective))
     if trainer.is_global_zero:
         _print_summary(summary, float(cfg.hcl.lam))
     return summary
@@ -268,7 +285,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """``hcl-train``: trains with the composed config; returns the final loss for sweepers."""
+    """``hcl-train``: trains with the composed config; returns the sweep objective, the
+    last value of the metric named by ``objective`` (default ``val/knn_top1``)."""
+    log_to_root()  # Hydra has configured logging: the console and train.log
+    quiet_startup()
     return train(cfg)["objective"]
 
 
