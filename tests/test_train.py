@@ -14,7 +14,6 @@ from hcl_lightning.config import ConfigError, validate_config
 from hcl_lightning.train import train
 from tests.helpers import compose_config, read_csv, run_cli, tiny_overrides
 
-
 #: The online probes' val/knn_top1 within a 2-step run: probe steps 1 and 2, validation at 2.
 VALIDATE = ("callbacks.online_probes.every_n_steps=1", "+trainer.val_check_interval=2")
 

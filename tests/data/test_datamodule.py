@@ -77,7 +77,11 @@ def test_dataset_skips_and_counts_bad_images(synthetic, tmp_path):
     dataset = make_dataset(records, max_bad_fraction=0.5)
 
     items = [dataset[i] for i in range(len(dataset))]
-    assert dataset.unreadable() == [(truncated, "corrupt"), (garbage, "corrupt"), (missing, "missing")]
+    assert dataset.unreadable() == [
+        (truncated, "corrupt"),
+        (garbage, "corrupt"),
+        (missing, "missing"),
+    ]
     assert {item["index"].item() for item in items}.isdisjoint({3, 7, 10})  # replaced
 
 
