@@ -32,7 +32,12 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hcl_lightning.callbacks import DataHygieneMonitor, MetricHistory, NonFiniteGuard
+from hcl_lightning.callbacks import (
+    DataHygieneMonitor,
+    MetricHistory,
+    NonFiniteGuard,
+    RunConfigCheckpoint,
+)
 from hcl_lightning.checkpointing import (
     resolve_ckpt_path,
     resume_epoch_end_checkpoints_at_next_epoch,
@@ -58,6 +63,8 @@ VAL_METRICS = ("val/linear_top1", "val/knn_top1")
 #: Steps averaged for the "first -> last" trend of the summary.
 TREND_STEPS = 5
 MAX_DIRNAME = 120
+#: Config groups written into every checkpoint (resolved; see RunConfigCheckpoint).
+RECORDED_GROUPS = ("model", "data", "hcl")
 
 
 def _dirname(overrides: str) -> str:
@@ -229,7 +236,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Steps: :func:`~hcl_lightning.config.validate_config` (on a copy of ``cfg``); seeding; generating the
     synthetic scenes for ``data=synthetic``; instantiating the datamodule, model,
     callbacks, loggers and trainer from their ``_target_``; ``trainer.fit`` (resuming
-    only from ``cfg.ckpt_path``); printing the summary on rank 0.
+    only from ``cfg.ckpt_path``); printing the summary on rank 0. Every checkpoint
+    records the model's class (:meth:`~hcl_lightning.HCLMixin.on_save_checkpoint`) and
+    the resolved ``model``, ``data`` and ``hcl`` groups
+    (:class:`~hcl_lightning.callbacks.RunConfigCheckpoint`).
 
     Args:
         cfg: the composed config (``hcl_lightning/conf/config.yaml`` + overrides); when
@@ -256,7 +266,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     history = MetricHistory(SUMMARY_METRICS, TREND_STEPS)
-    callbacks = [*_instantiate_dict(cfg.get("callbacks")), history]
+    described = RunConfigCheckpoint(
+        {group: OmegaConf.to_container(cfg[group], resolve=True) for group in RECORDED_GROUPS}
+    )
+    callbacks = [*_instantiate_dict(cfg.get("callbacks")), history, described]
     # ckpt_path=auto: this run's own last/pre-emption checkpoint, if any (SLURM requeue)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
     if ckpt_path is not None:
