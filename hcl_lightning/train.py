@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import pytorch_lightning as pl
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hcl_lightning.callbacks import (
@@ -42,11 +46,19 @@ from hcl_lightning.checkpointing import (
     resolve_ckpt_path,
     resume_epoch_end_checkpoints_at_next_epoch,
 )
-from hcl_lightning.config import ConfigError, validate_config
+from hcl_lightning.config import ConfigError, check_overrides, validate_config
 from hcl_lightning.console import log_to_root, logger, quiet_startup
 from hcl_lightning.data.synthetic import prepare_synthetic_data
 
-__all__ = ["main", "train"]
+__all__ = ["main", "train", "train_job", "usage"]
+
+PROG = "hcl-train"
+#: The config (``hcl_lightning/conf``).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+#: Config groups that the config chooses itself (not offered by ``--help``).
+INTERNAL_GROUPS = ("preset_model", "hydra")
+#: Top-level keys shown by ``--help``, with the help of their comment in config.yaml.
+TOP_LEVEL_KEYS = ("seed", "ckpt_path", "objective")
 
 #: Metrics of the summary, in the order printed.
 SUMMARY_METRICS = (
@@ -297,12 +309,128 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """``hcl-train``: trains with the composed config; returns the sweep objective, the
-    last value of the metric named by ``objective`` (default ``val/knn_top1``)."""
+def train_job(cfg: DictConfig) -> float:
+    """One Hydra job (a run, or a job of a sweep): trains with the composed config and
+    returns the sweep objective, the last value of the metric named by ``objective``
+    (default ``val/knn_top1``).
+
+    An invalid value exits with status 2 and one line, e.g.
+    ``hcl-train: error: hcl.tau=0: must be a finite number > 0``, before anything is
+    built (a traceback with ``HYDRA_FULL_ERROR=1``).
+    """
     log_to_root()  # Hydra has configured logging: the console and train.log
     quiet_startup()
-    return train(cfg)["objective"]
+    try:
+        return train(cfg)["objective"]
+    except ConfigError as error:
+        _exit_with(error)
+
+
+def _exit_with(error: ConfigError) -> NoReturn:
+    """Prints ``hcl-train: error: <error>`` and exits with status 2 (raises it instead
+    with ``HYDRA_FULL_ERROR=1``)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def _groups() -> dict[str, list[str]]:
+    """The config groups a user chooses from (all but :data:`INTERNAL_GROUPS`) and their
+    options, including ``hydra/launcher`` and ``hydra/sweeper``."""
+    found = {}
+    for directory in sorted(p for p in CONF_DIR.glob("**/") if p != CONF_DIR):  # hydra/ last
+        group = directory.relative_to(CONF_DIR).as_posix()
+        options = sorted(path.stem for path in directory.glob("*.yaml"))
+        if options and group not in INTERNAL_GROUPS:
+            found[group] = options
+    return found
+
+
+def _key_help(path: Path) -> dict[str, tuple[str, str]]:
+    """``key -> (value, help)`` of the top-level keys of a YAML file: the help is the
+    key's inline comment, else the first sentence of the comment block above it."""
+    found: dict[str, tuple[str, str]] = {}
+    above: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            above.append(line.lstrip("#").strip())
+            continue
+        match = re.fullmatch(r"(\w+):\s*([^#]*?)\s*(?:#\s*(.*))?", line)
+        if match and match.group(2):
+            key, value, inline = match.groups()
+            found[key] = (value, inline or " ".join(above).split(". ")[0].rstrip("."))
+        above = []
+    return found
+
+
+def usage() -> str:
+    """``hcl-train --help``: the groups to choose from, the ``hcl.*`` keys, examples."""
+    listed = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").defaults)
+    defaults = {
+        key: value for item in listed if isinstance(item, dict) for key, value in item.items()
+    }
+    groups = dict(sorted(_groups().items(), key=lambda item: item[0] not in defaults))
+    groups = {g: groups[g] for g in [*(d for d in defaults if d in groups), *groups]}
+    width = max(map(len, groups))
+    lines = [
+        f"usage: {PROG} [-m] [GROUP=OPTION ...] [KEY=VALUE ...]",
+        "",
+        "Trains Hyperbolic Contrastive Learning (Ge et al., CVPR 2023) on a lightly-style",
+        "SSL baseline; -m sweeps comma-separated values (one directory per job).",
+        "",
+        "config groups (GROUP=OPTION, * the default):",
+        *(
+            f"  {group:<{width}}  "
+            + ", ".join(f"{o}*" if defaults.get(group) == o else o for o in options)
+            for group, options in groups.items()
+        ),
+        "",
+        "hcl.* keys (the hyperbolic loss; values of conf/hcl/default.yaml):",
+    ]
+    hcl = {
+        f"hcl.{k}={v}": text for k, (v, text) in _key_help(CONF_DIR / "hcl/default.yaml").items()
+    }
+    top = _key_help(CONF_DIR / "config.yaml")
+    top = {f"{k}={top[k][0]}": top[k][1] for k in TOP_LEVEL_KEYS}
+    key_width = max(map(len, [*hcl, *top]))
+    lines += [f"  {key:<{key_width}}  {text}" for key, text in hcl.items()]
+    lines += ["", "run keys:", *(f"  {key:<{key_width}}  {text}" for key, text in top.items())]
+    lines += [
+        "",
+        "examples:",
+        f"  {PROG} hcl.lam=0.5 hcl.tau=0.1 model=densecl trainer.max_steps=500",
+        f"  {PROG} -m hcl.lam=0,0.05,0.1,0.5 hcl.tau=0.1,0.2",
+        f"  {PROG} preset=paper trainer=gpu data=coco data.image_dir=DIR data.ann_file=FILE",
+        "",
+        f"Every key and value: {PROG} --cfg job [GROUP=OPTION ...]; Hydra's own options:",
+        f"{PROG} --hydra-help. Bad keys and values exit with status 2 and one line.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``hcl-train`` (the console script): ``--help``, then a check of the command
+    line's keys (:func:`~hcl_lightning.config.check_overrides`: unknown keys and keys
+    added to the project's groups that nothing reads exit with status 2 and one line),
+    then Hydra and :func:`train_job`."""
+    args = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in args):
+        print(usage())
+        return
+    overrides = [arg for arg in args if "=" in arg and not arg.startswith("-")]
+    try:
+        check_overrides(overrides, [*_groups(), *INTERNAL_GROUPS], _compose)
+    except ConfigError as error:
+        _exit_with(error)
+    except HydraException:  # a missing group option: Hydra names it and its options
+        pass
+    train_job()
 
 
 if __name__ == "__main__":

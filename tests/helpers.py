@@ -231,11 +231,13 @@ class RecordReturnValue(HydraCallback):
         (out / "return_value.txt").write_text(repr(job_return.return_value))
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 120, full_error: bool = False
+) -> subprocess.CompletedProcess:
     """``python -m hcl_lightning.train ARGS`` in ``cwd`` (warnings shown; ``tests``
-    importable, e.g. for :class:`RecordReturnValue`)."""
+    importable, e.g. for :class:`RecordReturnValue`; ``HYDRA_FULL_ERROR`` as asked)."""
     path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": path}
+    env = {**os.environ, "HYDRA_FULL_ERROR": str(int(full_error)), "PYTHONPATH": path}
     env.pop("PYTHONWARNINGS", None)
     return subprocess.run(
         [sys.executable, "-m", "hcl_lightning.train", *args],

@@ -169,12 +169,44 @@ def test_unknown_model_is_named(tmp_path: Path) -> None:
         compose_config(["model=foo"])
 
 
-def test_cli_reports_config_error(tmp_path: Path) -> None:
-    result = run_cli("hcl.tau=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "hcl.tau=0: must be a finite number > 0" in result.stderr
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("hcl.tau=0", "hcl.tau=0: must be a finite number > 0"),
+        ("trainer.max_steps=abc", "trainer.max_steps='abc': must be an integer >= -1"),
+        ("data.batch_size=-1", "data.batch_size=-1: must be an integer >= 1"),
+        ("hcl.lamda=0.1", "unknown key 'hcl.lamda'; did you mean 'hcl.lam'?"),
+        (
+            "+hcl.lamda=0.1",
+            "unknown key 'hcl.lamda'; did you mean 'hcl.lam'? (+hcl.lamda adds a key that "
+            "nothing in the hcl group reads)",
+        ),
+    ],
+)
+def test_cli_fails_in_one_line_before_anything_is_built(
+    tmp_path: Path, override: str, line: str
+) -> None:
+    result = run_cli(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"hcl-train: error: {line}"]  # no traceback
     assert not (tmp_path / "run" / "checkpoints").exists()
-    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "cache").exists()  # no data generated
+
+
+def test_cli_error_traceback_on_request_and_help(tmp_path: Path) -> None:
+    result = run_cli(
+        "hcl.tau=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, full_error=True
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    assert "ConfigError: hcl.tau=0: must be a finite number > 0" in result.stderr
+
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0 and not result.stderr
+    assert re.search(r"^  model +densecl, moco_v2\*, orl$", result.stdout, flags=re.MULTILINE)
+    assert re.search(r"^  data +coco, folder, synthetic\*$", result.stdout, flags=re.MULTILINE)
+    assert "  hcl.lam=0.1 " in result.stdout and "λ, weight of L_hyp" in result.stdout
+    assert "  hcl.tau=0.2 " in result.stdout and "  hcl.c=0.05 " in result.stdout
+    assert "preset_model" not in result.stdout
 
     result = run_cli("model=foo", cwd=tmp_path)
     assert result.returncode != 0
