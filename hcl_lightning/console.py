@@ -21,8 +21,13 @@ __all__ = ["LIBRARY_LOGGERS", "UNACTIONABLE", "log_to_root", "logger", "quiet_st
 #: Loggers that may print on their own (see the module's docstring).
 LIBRARY_LOGGERS = ("hcl_lightning", "pytorch_lightning", "lightning_fabric")
 #: Start of the messages of Lightning that no ``hcl-train`` user can act on: its
-#: advertisements, and a deprecation inside Lightning (newer torch).
-UNACTIONABLE = ("💡 Tip:", "`isinstance(treespec, LeafSpec)` is deprecated")
+#: advertisements, a deprecation inside Lightning (newer torch), and its note on the
+#: empty validation loader of a run without validation data.
+UNACTIONABLE = (
+    "💡 Tip:",
+    "`isinstance(treespec, LeafSpec)` is deprecated",
+    "Total length of `list` across ranks is zero",
+)
 
 
 class _Stdout(logging.StreamHandler):
