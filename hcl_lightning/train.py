@@ -48,6 +48,7 @@ from hcl_lightning.checkpointing import (
 )
 from hcl_lightning.config import ConfigError, check_overrides, validate_config
 from hcl_lightning.console import log_to_root, logger, quiet_startup
+from hcl_lightning.data.dataset import TooManyBadImagesError
 from hcl_lightning.data.synthetic import prepare_synthetic_data
 
 __all__ = ["main", "train", "train_job", "usage"]
@@ -316,7 +317,9 @@ def train_job(cfg: DictConfig) -> float:
 
     An invalid value exits with status 2 and one line, e.g.
     ``hcl-train: error: hcl.tau=0: must be a finite number > 0``, before anything is
-    built (a traceback with ``HYDRA_FULL_ERROR=1``).
+    built; a training set with too many bad images
+    (:class:`~hcl_lightning.data.dataset.TooManyBadImagesError`) with status 1 and one
+    line, before the first step (a traceback with ``HYDRA_FULL_ERROR=1``).
     """
     log_to_root()  # Hydra has configured logging: the console and train.log
     quiet_startup()
@@ -324,15 +327,17 @@ def train_job(cfg: DictConfig) -> float:
         return train(cfg)["objective"]
     except ConfigError as error:
         _exit_with(error)
+    except TooManyBadImagesError as error:  # found before the first step
+        _exit_with(error, status=1)
 
 
-def _exit_with(error: ConfigError) -> NoReturn:
-    """Prints ``hcl-train: error: <error>`` and exits with status 2 (raises it instead
-    with ``HYDRA_FULL_ERROR=1``)."""
+def _exit_with(error: Exception, status: int = 2) -> NoReturn:
+    """Prints ``hcl-train: error: <error>`` and exits with ``status`` (raises the error
+    instead with ``HYDRA_FULL_ERROR=1``)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise error
     print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def _compose(overrides: list[str]) -> DictConfig:

@@ -35,6 +35,7 @@ __all__ = [
     "TRANSPARENT_BACKGROUND",
     "BadImageError",
     "HCLDataset",
+    "TooManyBadImagesError",
     "bad_image_reason",
     "decode_image",
     "describe_unreadable",
@@ -81,8 +82,8 @@ class HCLDataset(Dataset):
     - :meth:`scan` (called by :class:`~hcl_lightning.data.HCLDataModule` before the
       first step) finds the missing and empty files and decodes a sample of the rest;
     - more than ``max_bad_fraction`` of the *dataset* recorded as bad, at any time (in
-      any worker, in any file order), raises a RuntimeError naming the counts and the
-      first offenders.
+      any worker, in any file order), raises :class:`TooManyBadImagesError` (a
+      RuntimeError) naming the counts and the first offenders.
 
     :meth:`unreadable` lists the recorded files; a
     :class:`~hcl_lightning.data.DataHygieneMonitor` prints them once at the end of
@@ -140,7 +141,7 @@ class HCLDataset(Dataset):
                     )
             good = torch.nonzero(self.bad_codes == 0).flatten()
             if len(good) == 0:
-                raise RuntimeError(f"no readable image in the dataset; {self._offenders()}")
+                raise TooManyBadImagesError(self._describe("none readable"))
             current = int(good[torch.randint(len(good), ())])
 
     def scan(self, sample: int = SCAN_SAMPLE, seed: int = 0) -> None:
@@ -150,7 +151,7 @@ class HCLDataset(Dataset):
         a smaller set) are decoded in full, which finds corrupt and truncated ones.
 
         Raises:
-            RuntimeError: naming the first offenders, if the recorded bad files are more
+            TooManyBadImagesError: naming the first offenders, if the recorded bad files are more
                 than ``max_bad_fraction`` of the dataset, or if the decoded sample's bad
                 fraction exceeds it by more than :data:`SCAN_Z` standard deviations
                 (Wilson's bound).
@@ -181,10 +182,11 @@ class HCLDataset(Dataset):
             known = int(torch.count_nonzero(self.bad_codes)) - n_bad
             estimate = known + low * len(unchecked)
             if estimate > self.max_bad_fraction * len(self):
-                raise RuntimeError(
+                raise TooManyBadImagesError(
                     f"{n_bad} of a sample of {len(chosen)} images were bad: at least "
-                    f"{estimate / len(self):.0%} of the {len(self)} images are (more than "
-                    f"max_bad_fraction={self.max_bad_fraction}); {self._offenders()}"
+                    f"{estimate / len(self):.0%} of the {len(self)} images are, more than "
+                    f"max_bad_fraction={self.max_bad_fraction}; "
+                    + self._describe("found so far")
                 )
 
     def unreadable(self, codes: Tensor | None = None) -> list[tuple[Path, str]]:
@@ -215,26 +217,31 @@ class HCLDataset(Dataset):
     def _check_fraction(self) -> None:
         n_bad = int(torch.count_nonzero(self.bad_codes))
         if n_bad > self.max_bad_fraction * len(self):
-            raise RuntimeError(
-                f"{describe_unreadable(self.unreadable(), len(self))}: more than "
-                f"max_bad_fraction={self.max_bad_fraction} of the images"
+            raise TooManyBadImagesError(
+                self._describe(f"more than max_bad_fraction={self.max_bad_fraction}")
             )
 
-    def _offenders(self) -> str:
-        return describe_unreadable(self.unreadable(), len(self))
+    def _describe(self, verdict: str) -> str:
+        return describe_unreadable(self.unreadable(), len(self), verdict)
 
 
-def describe_unreadable(bad: Sequence[tuple[Path, str]], n_images: int) -> str:
+class TooManyBadImagesError(RuntimeError):
+    """More of a dataset's images are bad than its ``max_bad_fraction`` allows."""
+
+
+def describe_unreadable(
+    bad: Sequence[tuple[Path, str]], n_images: int, verdict: str = "skipped"
+) -> str:
     """``"3 of 400 images unreadable (1 missing, 1 empty, 1 corrupt), skipped; first:
     a.jpg (missing), ..."`` for ``bad`` files of a set of ``n_images`` (the first
-    :data:`MAX_NAMED_OFFENDERS` named by path)."""
+    :data:`MAX_NAMED_OFFENDERS` named by path; ``verdict`` after the counts)."""
     line = f"{len(bad)} of {n_images} images unreadable"
     if not bad:
         return line
     counts = Counter(reason for _, reason in bad)
     reasons = ", ".join(f"{counts[r]} {r}" for r in BAD_IMAGE_REASONS if counts[r])
     first = ", ".join(f"{path} ({reason})" for path, reason in bad[:MAX_NAMED_OFFENDERS])
-    return f"{line} ({reasons}), skipped; first: {first}"
+    return f"{line} ({reasons}), {verdict}; first: {first}"
 
 
 def _wilson_lower_bound(k: int, n: int, z: float) -> float:

@@ -23,6 +23,7 @@ from hcl_lightning.data import (
     SceneObjectSampler,
     make_synthetic_scenes,
 )
+from hcl_lightning.data.dataset import TooManyBadImagesError
 from hcl_lightning.data.images import DEFAULT_MAX_IMAGE_PIXELS, load_image
 from hcl_lightning.data.synthetic import prepare_synthetic_data
 from tests.helpers import compose_config, tiny_overrides
@@ -97,7 +98,7 @@ def test_dataset_gives_up_when_too_many_images_are_bad(synthetic, tmp_path):
             dataset[i]
 
     all_bad = make_dataset([ImageRecord(tmp_path / "gone.jpg")] * 3, max_bad_fraction=1.0)
-    with pytest.raises(RuntimeError, match="no readable image.*gone.jpg"):
+    with pytest.raises(TooManyBadImagesError, match="none readable; first: .*gone.jpg"):
         all_bad[0]
 
 
