@@ -41,6 +41,7 @@ Usage::
     python benchmarks/reproduce.py --seeds 5 --steps 1000 --train-images 8000
     python benchmarks/reproduce.py --override hcl.c=0.1 --override hcl.tau=0.1
     python benchmarks/reproduce.py --random-colours    # classes told apart by shape only
+    python benchmarks/reproduce.py --appearance instance  # each object its own look
     python benchmarks/reproduce.py --quick             # smoke run, ~1 min
 """
 
@@ -111,6 +112,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="objects in random colours (training and held-out scenes): classes by shape only",
     )
+    parser.add_argument(
+        "--appearance",
+        choices=("class", "instance"),
+        default="class",
+        help="objects alike within a class (the look of the recorded results, default) or "
+        "each instance its own look (make_synthetic_scenes' default)",
+    )
     parser.add_argument("--permutations", type=int, default=1000)
     parser.add_argument(
         "--override",
@@ -142,6 +150,7 @@ def synthetic_args(args: argparse.Namespace, split: str) -> dict[str, Any]:
         "image_size": args.image_size,
         "contexts": True,
         "random_colours": args.random_colours,
+        "appearance": args.appearance,
     }
     if split == "train":  # contexts only: what belongs together is learnt from here
         return {**common, "n_images": args.train_images, "seed": 1}
@@ -307,7 +316,8 @@ def table(results: dict[str, list[dict]], bands: dict, chance: dict, args) -> st
         f"{args.seeds} seed(s) per arm (mean ± sd), {args.steps} steps, "
         f"{args.train_images} training / {args.eval_images} held-out scenes "
         f"({args.ooc_fraction:.0%} of them with one out-of-context object"
-        f"{'; objects in random colours' if args.random_colours else ''}), "
+        f"{'; objects in random colours' if args.random_colours else ''}"
+        f"{'; each object its own look' if args.appearance == 'instance' else ''}), "
         f"{args.permutations} permutations; overrides: {' '.join(args.override) or 'none'}.",
     ]
     return "\n".join(lines)

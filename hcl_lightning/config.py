@@ -34,6 +34,7 @@ from hcl_lightning.baselines.base import check_baseline_arguments, check_speed_o
 from hcl_lightning.checks import ArgumentError, MissingPathError
 from hcl_lightning.data.datamodule import HCLDataModule
 from hcl_lightning.data.options import ValidationOptions
+from hcl_lightning.data.synthetic import check_context_args
 from hcl_lightning.mixin import HCLMixin, check_batched_forward, check_hcl_arguments
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "check_number",
     "check_overrides",
     "check_path",
+    "check_synthetic_node",
     "constructor_errors",
     "map_legacy_keys",
     "require",
@@ -369,6 +371,27 @@ def _check_model(cfg: DictConfig) -> None:
         check_batched_forward(model_class, f"model._target_={target}", batched)
 
 
+def check_synthetic_node(cfg: DictConfig) -> None:
+    """The scene-content keys of ``data.synthetic`` (``contexts``, ``ooc_fraction``,
+    ``random_colours``, ``appearance``), through
+    :func:`~hcl_lightning.data.synthetic.check_context_args`.
+
+    Raises:
+        ConfigError: ``data.synthetic.<key> ...``, naming the value and what is allowed.
+    """
+    synthetic = cfg.data.synthetic
+    try:
+        check_context_args(
+            synthetic.get("contexts", False),
+            synthetic.get("ooc_fraction", 0.0),
+            synthetic.get("max_objects", 6),
+            synthetic.get("random_colours", False),
+            synthetic.get("appearance", "instance"),
+        )
+    except ValueError as error:
+        raise ConfigError(f"data.synthetic.{error}") from None
+
+
 def _check_data(cfg: DictConfig) -> None:
     """The datamodule's own arguments and option groups, and its paths."""
     for group in DATA_GROUPS:
@@ -394,6 +417,7 @@ def _check_data(cfg: DictConfig) -> None:
             integer=True,
         )
         check_number(cfg, "data.synthetic.image_size", ">= 32", lambda v: v >= 32, integer=True)
+        check_synthetic_node(cfg)
         return
     image_dir = require(cfg, "data.image_dir")
     if image_dir is None:

@@ -9,18 +9,29 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hcl_lightning.batchnorm import running_batchnorm
 from hcl_lightning.checks import ArgumentError, check_choice, check_flag, check_number
 from hcl_lightning.distributed import is_distributed, shuffle_bn
 from hcl_lightning.hyperbolic.heads import PoincareProjectionHead
 from hcl_lightning.hyperbolic.losses import HyperbolicInfoNCELoss
 from hcl_lightning.optim import attach_parameters
 
-__all__ = ["HCLMixin", "HEAD_MODES", "MODEL_KEY", "check_batched_forward", "check_hcl_arguments"]
+__all__ = [
+    "HCLMixin",
+    "HEAD_MODES",
+    "KEY_BATCHNORM_MODES",
+    "MODEL_KEY",
+    "check_batched_forward",
+    "check_hcl_arguments",
+]
 
 #: Checkpoint key of what rebuilds an HCL module (see ``HCLMixin.on_save_checkpoint``).
 MODEL_KEY = "hcl_model"
 #: ``hcl_head_mode`` values: reuse the baseline's projection head, or an MLP of our own.
 HEAD_MODES = ("shared", "separate")
+#: ``hcl_key_batchnorm`` values: BatchNorm of the object keys with running statistics,
+#: or with the statistics of the key batch (shuffled across devices under DDP).
+KEY_BATCHNORM_MODES = ("running", "batch")
 
 
 def check_hcl_arguments(
@@ -35,6 +46,8 @@ def check_hcl_arguments(
     hcl_dim: int,
     hcl_learn_curvature: bool,
     hcl_batched_forward: bool,
+    hcl_learn_alpha: bool = False,
+    hcl_key_batchnorm: str = "running",
 ) -> None:
     """The checks of :class:`HCLMixin`'s arguments, without building anything.
 
@@ -50,6 +63,8 @@ def check_hcl_arguments(
     check_number("hcl_dim", hcl_dim, ">= 1", lambda v: v >= 1, integer=True)
     check_flag("hcl_learn_curvature", hcl_learn_curvature)
     check_flag("hcl_batched_forward", hcl_batched_forward)
+    check_flag("hcl_learn_alpha", hcl_learn_alpha)
+    check_choice("hcl_key_batchnorm", hcl_key_batchnorm, KEY_BATCHNORM_MODES)
     names = {
         "temperature": "hcl_tau",
         "curvature": "hcl_curvature",
@@ -159,6 +174,16 @@ class HCLMixin:
         hcl_batched_forward: one online and one key forward per step for the baseline's
             views and the scene / object crops together (see above); needs the
             baseline's ``hcl_batched_step``.
+        hcl_learn_alpha: learn the scale ``alpha`` (default: frozen at its initial
+            value; the official code has no scale). Learnt, it gets gradient from the
+            scenes only but also scales the keys.
+        hcl_key_batchnorm: ``"running"`` (default): the key encoder's (and a separate
+            head's) BatchNorm layers normalise the object crops with their running
+            statistics, so a key depends on its own crop only; ``"batch"``: with the
+            key batch's statistics, shuffled across devices under DDP (MoCo's
+            shuffle-BN, the official code). On one device ``"batch"`` lets scenes find
+            their objects through the shared batch statistics instead of the content.
+            With ``hcl_batched_forward`` the keys come from the baseline's key pass.
         **kwargs: passed on to the baseline's ``__init__``.
 
     Raises:
@@ -185,6 +210,8 @@ class HCLMixin:
         hcl_dim: int = 128,
         hcl_learn_curvature: bool = False,
         hcl_batched_forward: bool = False,
+        hcl_learn_alpha: bool = False,
+        hcl_key_batchnorm: str = "running",
         **kwargs: Any,
     ) -> None:
         if "hcl_head" in kwargs:  # the former name; popped before the baseline records kwargs
@@ -201,6 +228,7 @@ class HCLMixin:
         self._hcl_arguments = hcl_arguments
         check_batched_forward(super(), f"{type(self).__name__}'s baseline", hcl_batched_forward)
         self.hcl_batched_forward = hcl_batched_forward
+        self.hcl_key_batchnorm = hcl_key_batchnorm
         self.hcl_lambda = float(hcl_lambda)
         self.hcl_head_mode = hcl_head_mode
         input_dim, hidden_dim, output_dim = self._hcl_head_dims(hcl_head_mode, hcl_dim)
@@ -211,6 +239,7 @@ class HCLMixin:
             curvature=hcl_curvature,
             learn_curvature=hcl_learn_curvature,
             alpha=hcl_alpha,
+            learn_alpha=hcl_learn_alpha,
             clip_r=hcl_clip_r,
         )
         self.hcl_criterion = HyperbolicInfoNCELoss(
@@ -294,14 +323,18 @@ class HCLMixin:
     def hcl_key(self, x: Tensor) -> Tensor:
         """Euclidean features of the object crops (key encoder, no gradient).
 
-        Uses the momentum encoder when the baseline has one, with shuffle-BN across
-        devices under DDP; otherwise the online encoder. A baseline that defines
+        Uses the momentum encoder when the baseline has one, otherwise the online
+        encoder, with BatchNorm as ``hcl_key_batchnorm`` says (running statistics, or
+        the batch's with shuffle-BN across devices under DDP). A baseline that defines
         ``hcl_key`` itself is deferred to.
         """
         baseline_hook = getattr(super(), "hcl_key", None)
         if baseline_hook is not None:
             return baseline_hook(x)
         encoder = self._hcl_encoder(momentum=True)
+        if self.hcl_key_batchnorm == "running":
+            with running_batchnorm(encoder):
+                return encoder(x)
         return shuffle_bn(encoder, x) if is_distributed() else encoder(x)
 
     # -- training -------------------------------------------------------------------
@@ -321,8 +354,15 @@ class HCLMixin:
         """Ball points of the scenes (queries) and of their objects (keys)."""
         query = self.hcl_head(self.hcl_query(batch["scene"]))
         with torch.no_grad():
-            key = self.hcl_head(self.hcl_key(batch["object"]))
+            key = self._hcl_key_head(self.hcl_key(batch["object"]))
         return query, key
+
+    def _hcl_key_head(self, features: Tensor) -> Tensor:
+        """The Poincaré head on key features, its BatchNorm as ``hcl_key_batchnorm`` says."""
+        if self.hcl_key_batchnorm == "running":
+            with running_batchnorm(self.hcl_head):
+                return self.hcl_head(features)
+        return self.hcl_head(features)
 
     def _hcl_batched_embed(self, batch: Mapping[str, Any], batch_idx: int) -> tuple:
         """``(baseline output, query, key)`` from the baseline's ``hcl_batched_step``."""
@@ -339,7 +379,7 @@ class HCLMixin:
         )
         query = self.hcl_head(self._hcl_projection(momentum=False)(query_features))
         with torch.no_grad():
-            key = self.hcl_head(self._hcl_projection(momentum=True)(key_features))
+            key = self._hcl_key_head(self._hcl_projection(momentum=True)(key_features))
         return output, query, key
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:

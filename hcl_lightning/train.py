@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hcl_lightning.callbacks import (
     DataHygieneMonitor,
+    HyperbolicMonitor,
     MetricHistory,
     NonFiniteGuard,
     RunConfigCheckpoint,
@@ -196,14 +197,34 @@ def _summary(
 
 
 def _hygiene(trainer: pl.Trainer) -> dict[str, Any]:
-    """``data_hygiene`` (skipped images, dropped boxes) and ``nonfinite_steps``, if watched."""
+    """``data_hygiene`` (skipped images, dropped boxes), ``nonfinite_steps`` and ``pairing``
+    (the last pairing statistics of the hyperbolic monitor), if watched."""
     found: dict[str, Any] = {}
     for callback in trainer.callbacks:
         if isinstance(callback, DataHygieneMonitor):
             found["data_hygiene"] = callback.summary
         elif isinstance(callback, NonFiniteGuard):
             found["nonfinite_steps"] = callback.total
+        elif isinstance(callback, HyperbolicMonitor) and callback.last_pairing:
+            found["pairing"] = dict(callback.last_pairing)
     return found
+
+
+def _pairing_line(pairing: dict[str, float]) -> str:
+    """The scene-object pairing of the monitor's last step against chance and the
+    class-level ceiling (see :mod:`hcl_lightning.hyperbolic.pairing`)."""
+    ceiling = (
+        f", class-level ceiling {pairing['class_ceiling_loss']:.2f} / "
+        f"{pairing['class_ceiling_top1']:.3f}"
+        if "class_ceiling_loss" in pairing
+        else ""
+    )
+    return (
+        f"  pairing at step {int(pairing['step'])}: L_hyp {pairing['loss']:.2f}, top-1 "
+        f"{pairing['top1']:.3f} (chance {pairing['chance_loss']:.2f} / "
+        f"{pairing['chance_top1']:.3f}{ceiling}); negatives closer than the positive "
+        f"{pairing['closer_share']:.1%}"
+    )
 
 
 def _print_summary(summary: dict[str, Any], lam: float) -> None:
@@ -225,9 +246,10 @@ def _print_summary(summary: dict[str, Any], lam: float) -> None:
     if "norm_scene" in summary and "norm_object" in summary:
         lines.append(
             f"  mean norm in the ball: scenes {summary['norm_scene']:.4f}, "
-            f"objects {summary['norm_object']:.4f} (scenes farther out than objects, as "
-            f"HCL intends: {'yes' if summary['norm_scene'] > summary['norm_object'] else 'no'})"
+            f"objects {summary['norm_object']:.4f}"
         )
+    if "pairing" in summary:
+        lines.append(_pairing_line(summary["pairing"]))
     if "val_linear_top1" in summary and "val_knn_top1" in summary:
         lines.append(
             f"  validation top-1 of frozen backbone features: linear probe "

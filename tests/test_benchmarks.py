@@ -17,7 +17,11 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("bench_loss.py", [], ["time ours/euclidean = "]),
         ("bench_step.py", [], ["HCL/MoCo step time = "]),
         ("bench_data.py", [], ["HCL/MoCo-v2"]),
-        ("reproduce.py", ["--random-colours"], ["| hcl (λ=0.1) | ", "objects in random colours"]),
+        (
+            "reproduce.py",
+            ["--random-colours", "--appearance", "instance"],
+            ["| hcl (λ=0.1) | ", "objects in random colours", "each object its own look"],
+        ),
     ],
 )
 def test_quick_benchmark_prints_its_ratios(

@@ -85,6 +85,14 @@ def test_shipped_configs_are_valid(tmp_path, preset, trainer) -> None:
     )
 
 
+def test_paper_preset_keeps_the_official_lr_and_batch_statistics_keys(tmp_path) -> None:
+    paper = compose_config(["preset=paper", f"output_dir={tmp_path}"])
+    assert paper.model.lr == 0.3 and paper.model.hcl_key_batchnorm == "batch"
+    assert paper.model.hcl_learn_alpha is False and paper.model.backbone == "resnet50"
+    default = compose_config([f"output_dir={tmp_path}"])
+    assert default.model.hcl_key_batchnorm == "running"
+
+
 def test_former_keys_map_to_their_new_keys(tmp_path) -> None:
     """The λ warm-up left the monitor: its former keys set LambdaWarmup's."""
     cfg = compose_config(

@@ -62,7 +62,7 @@ def test_keys_come_from_the_momentum_encoder_without_gradient() -> None:
 
 
 def test_hyperbolic_parameters_reach_the_optimizer_without_weight_decay() -> None:
-    model = build(HCLMoCoV2, hcl_queue_size=16, hcl_learn_curvature=True)
+    model = build(HCLMoCoV2, hcl_queue_size=16, hcl_learn_curvature=True, hcl_learn_alpha=True)
     trainer = pl.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_progress_bar=False)
     model.trainer = trainer
     config = model.configure_optimizers()
@@ -78,8 +78,44 @@ def test_hyperbolic_parameters_reach_the_optimizer_without_weight_decay() -> Non
     assert lrs[0] == pytest.approx(lrs[-1]) and lrs[0] < scheduler.base_lrs[0]
 
 
+def batchnorm_buffers(module: nn.Module) -> list[torch.Tensor]:
+    return [
+        b.clone() for m in module.modules() if isinstance(m, nn.BatchNorm2d) for b in m.buffers()
+    ]
+
+
+@pytest.mark.parametrize("head_mode", ["shared", "separate"])
+def test_running_batchnorm_keys_depend_on_their_own_crop_only(head_mode: str) -> None:
+    """Default keys: the same crop gives the same key in any batch, in train mode, and
+    the key encoder's BatchNorm statistics and modes are left as they were."""
+    model = build(HCLMoCoV2, hcl_queue_size=16, hcl_head_mode=head_mode, hcl_dim=8)
+    model.train()
+    batch = torch.randn(4, 3, 32, 32)
+    before = batchnorm_buffers(model.backbone_momentum)
+
+    def keys(x):
+        with torch.no_grad():
+            return model._hcl_key_head(model.hcl_key(x))
+
+    alone, together = keys(batch[:1]), keys(batch)
+    torch.testing.assert_close(alone[0], together[0], rtol=1e-4, atol=1e-5)
+    after = batchnorm_buffers(model.backbone_momentum)
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert all(m.training for m in model.modules())
+    model.hcl_key_batchnorm = "batch"  # the batch's statistics: the key depends on the batch
+    alone, together = keys(batch[:2]), keys(batch)
+    assert not torch.allclose(alone, together[:2], rtol=1e-3, atol=1e-4)
+
+
+def test_scale_alpha_is_frozen_unless_learnt() -> None:
+    assert not build(HCLMoCoV2, hcl_queue_size=16).hcl_head.log_alpha.requires_grad
+    model = build(HCLMoCoV2, hcl_queue_size=16, hcl_learn_alpha=True, hcl_alpha=0.3)
+    assert model.hcl_head.log_alpha.requires_grad
+    assert float(model.hcl_head.alpha) == pytest.approx(0.3)
+
+
 def test_hyperbolic_loss_decreases_on_training() -> None:
-    model = build(HCLMoCoV2, hcl_lambda=1.0, hcl_queue_size=0, lr=1.0)
+    model = build(HCLMoCoV2, hcl_lambda=1.0, hcl_queue_size=0, lr=0.3)
     capture = fit(model, SceneBatches(n=8, object_in_scene=True), steps=20)
     hyp = [m["train/loss_hyp"] for m in capture.metrics]
     assert sum(hyp[-5:]) / 5 < 0.8 * sum(hyp[:5]) / 5
@@ -99,6 +135,8 @@ def test_invalid_mixin_arguments_are_rejected() -> None:
         build(HCLMoCoV2, hcl_head_mode="both")
     with pytest.raises(ValueError, match="temperature"):
         build(HCLMoCoV2, hcl_tau=0.0)
+    with pytest.raises(ValueError, match="hcl_key_batchnorm.*running.*batch"):
+        build(HCLMoCoV2, hcl_key_batchnorm="shuffle")
 
 
 def test_simclr_from_lightly_examples_trains_with_hcl() -> None:
@@ -142,8 +180,10 @@ def test_byol_style_module_uses_its_momentum_encoder_for_keys() -> None:
 
     model = HCLBYOL(hcl_queue_size=16)
     x = torch.randn(2, 3, 16, 16)
+    model.eval()
     expected = model.projection_head_momentum(model.backbone_momentum(x).flatten(1))
     torch.testing.assert_close(model.hcl_key(x), expected)
+    model.train()
     capture = fit(model, SceneBatches(n=8, size=16), steps=2, batch_size=4)
     assert all(torch.isfinite(torch.tensor(capture.losses)))
 

@@ -41,9 +41,18 @@ def test_default_config_composes(tmp_path: Path) -> None:
     validate_config(cfg)
 
 
-def test_train_tiny_run(tmp_path: Path) -> None:
-    cfg = compose_config([*tiny_overrides(tmp_path), *VALIDATE, f"output_dir={tmp_path / 'run'}"])
+def test_train_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    overrides = [*tiny_overrides(tmp_path), "callbacks.hyperbolic_monitor.every_n_steps=2"]
+    cfg = compose_config([*overrides, *VALIDATE, f"output_dir={tmp_path / 'run'}"])
     summary = train(cfg)
+
+    # the pairing of the monitor's last step, read against chance and the class ceiling
+    pairing = summary["pairing"]
+    assert pairing["step"] == 2 and pairing["chance_loss"] == pytest.approx(math.log(17))
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if "pairing at step 2" in line)
+    assert f"L_hyp {pairing['loss']:.2f}" in line and "chance 2.83 / 0.059" in line
+    assert "class-level ceiling" in line and "intends" not in printed
 
     for key in ("loss_euc", "loss_hyp", "hyp_acc1", "norm_scene", "norm_object", "loss_total"):
         assert math.isfinite(summary[key]), key

@@ -47,8 +47,15 @@ from hcl_lightning.analysis.embed import (
 from hcl_lightning.analysis.norms import norms_vs_objects
 from hcl_lightning.analysis.out_of_context import out_of_context_scores
 from hcl_lightning.callbacks.run_config import CONFIG_KEY
-from hcl_lightning.config import ConfigError, check_choice, check_number, check_path, require
-from hcl_lightning.data.synthetic import check_context_args, prepare_synthetic_data
+from hcl_lightning.config import (
+    ConfigError,
+    check_choice,
+    check_number,
+    check_path,
+    check_synthetic_node,
+    require,
+)
+from hcl_lightning.data.synthetic import prepare_synthetic_data
 from hcl_lightning.export import export_detectron2, export_torchvision
 
 __all__ = ["COMMANDS", "KEYS", "compose_config", "main"]
@@ -270,16 +277,7 @@ def _check(cfg: DictConfig, command: Command) -> None:
         for key, low, _what in SYNTHETIC_KEYS:
             ok = lambda v, low=low: v >= low  # noqa: E731
             check_number(cfg, f"data.synthetic.{key}", f">= {low}", ok, integer=True)
-        synthetic = cfg.data.synthetic
-        try:
-            check_context_args(
-                synthetic.get("contexts", False),
-                synthetic.get("ooc_fraction", 0.0),
-                synthetic.max_objects,
-                synthetic.get("random_colours", False),
-            )
-        except ValueError as error:
-            raise ConfigError(f"data.synthetic.{error}") from None
+        check_synthetic_node(cfg)
         return  # generated: image_dir and ann_file are filled in later
     check_path(cfg, "data.image_dir", directory=True, optional=False)
     if "ann_file" in cfg.data:

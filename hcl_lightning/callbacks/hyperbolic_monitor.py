@@ -7,11 +7,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightly.utils import dist
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
 from hcl_lightning.hyperbolic.geometry import ball_norm_fraction
+from hcl_lightning.hyperbolic.pairing import class_level_ceiling, pairing_statistics
 
 __all__ = ["HyperbolicMonitor", "ball_norm_fraction"]
 
@@ -40,7 +42,17 @@ class HyperbolicMonitor(pl.Callback):
     * ``{prefix}/boundary_fraction``: the fraction of embeddings within ``boundary_tol``
       (relative) of the radius; above ``boundary_warn`` a warning is issued once per fit;
     * ``{prefix}/clipped_fraction``: ``hcl_head.clipped_fraction`` (the outlier guard);
-    * ``{prefix}/curvature``: ``c``, when it is learned.
+    * ``{prefix}/curvature``: ``c``, when it is learned;
+    * with ``pairing=True``, under ``pairing_prefix``: what tells a learning scene-object
+      objective from a stuck one (:func:`~hcl_lightning.hyperbolic.pairing.pairing_statistics`):
+      the loss beside its chance value ``ln(K + 1)``, top-1 beside ``1/(K + 1)``, mean
+      positive and negative distances, the share of negatives closer to a scene than
+      its own object, the correlation of distance with key norm, the norm spread of the
+      queue; and, when batches carry ``labels`` and ``scene_labels``, the class-level
+      ceiling of the pairing on the current data (``class_ceiling_loss`` /
+      ``class_ceiling_top1``, :func:`~hcl_lightning.hyperbolic.pairing.class_level_ceiling`).
+      The negatives are the queue as the step's loss saw it (copied before the step);
+      the classes of the queued keys are mirrored from every step's ``labels``.
 
     The embeddings are ``pl_module.hcl_last_embeddings`` of this step when the module
     stores them, else ``pl_module.hcl_embed(batch)`` under ``no_grad`` with the BatchNorm
@@ -55,6 +67,8 @@ class HyperbolicMonitor(pl.Callback):
         boundary_tol: relative distance to the radius that counts as "on the boundary".
         boundary_warn: boundary fraction above which a warning is issued.
         prefix: metric name prefix.
+        pairing: also log the pairing statistics.
+        pairing_prefix: metric name prefix of the pairing statistics.
 
     Raises:
         ValueError: for an argument out of range.
@@ -70,6 +84,8 @@ class HyperbolicMonitor(pl.Callback):
         boundary_tol: float = 1e-3,
         boundary_warn: float = 0.01,
         prefix: str = "train/ball",
+        pairing: bool = True,
+        pairing_prefix: str = "train/pairing",
     ) -> None:
         super().__init__()
         if every_n_steps < 1:
@@ -82,8 +98,16 @@ class HyperbolicMonitor(pl.Callback):
         self.boundary_tol = float(boundary_tol)
         self.boundary_warn = float(boundary_warn)
         self.prefix = prefix
+        self.pairing = bool(pairing)
+        self.pairing_prefix = pairing_prefix
         self._last_step: int | None = None
         self._warned = False
+        self._queue_labels: Tensor | None = None  # class of each queued key, -1 unknown
+        self._queue_pointer = 0
+        self._negatives: tuple[Tensor, Tensor | None] | None = None  # queue before the step
+        #: The pairing statistics of the last logged step (names without prefix, and
+        #: ``step``); empty before the first one.
+        self.last_pairing: dict[str, float] = {}
 
     # -- helpers ------------------------------------------------------------------
     @staticmethod
@@ -97,6 +121,7 @@ class HyperbolicMonitor(pl.Callback):
             return
         self._warned = False
         self._last_step = None
+        self._queue_labels = None
 
     @override
     def on_train_batch_start(
@@ -104,8 +129,19 @@ class HyperbolicMonitor(pl.Callback):
     ) -> None:
         if not self._is_hcl(pl_module):
             return
-        if self._due(trainer.global_step + 1) and hasattr(pl_module, "hcl_last_embeddings"):
+        if not self._due(trainer.global_step + 1):
+            return
+        if hasattr(pl_module, "hcl_last_embeddings"):
             pl_module.hcl_last_embeddings = None  # only this step's embeddings count
+        queue = self._queue(pl_module)
+        if self.pairing and queue is not None:
+            labels = None if self._queue_labels is None else self._queue_labels.clone()
+            self._negatives = (queue.bank.detach().clone(), labels)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.pairing and self._is_hcl(pl_module):
+            self._reset_queue_labels(pl_module)
 
     def _due(self, step: int) -> bool:
         return step % self.every_n_steps == 0 and step != self._last_step
@@ -120,11 +156,22 @@ class HyperbolicMonitor(pl.Callback):
         batch_idx: int,
     ) -> None:
         step = trainer.global_step  # already counts this batch's optimiser step
-        if not self._is_hcl(pl_module) or not isinstance(batch, Mapping) or not self._due(step):
+        if not self._is_hcl(pl_module) or not isinstance(batch, Mapping):
+            return
+        if self.pairing:
+            self._track_queue(pl_module, batch)
+        if not self._due(step):
             return
         self._last_step = step
         query, key = self._embeddings(pl_module, batch)
         metrics = self.compute_metrics(pl_module, query, key)
+        if self.pairing:
+            pairing = self.compute_pairing_metrics(pl_module, batch, query, key)
+            metrics.update(pairing)
+            if pairing:
+                start = len(self.pairing_prefix) + 1
+                self.last_pairing = {k[start:]: float(v) for k, v in pairing.items()}
+                self.last_pairing["step"] = float(step)
         values = {name: float(value) for name, value in metrics.items()}
         row = trainer.fit_loop.epoch_loop._batches_that_stepped  # the row of Lightning's logs
         for logger in trainer.loggers:
@@ -139,7 +186,76 @@ class HyperbolicMonitor(pl.Callback):
                 f"(watch {self.prefix}/boundary_fraction)."
             )
 
+    # -- the queue's classes ---------------------------------------------------------
+    @staticmethod
+    def _queue(pl_module: pl.LightningModule) -> Any:
+        return getattr(getattr(pl_module, "hcl_criterion", None), "queue", None)
+
+    def _track_queue(self, pl_module: pl.LightningModule, batch: Mapping[str, Any]) -> None:
+        """Mirrors the classes of the keys the queue took in at this step."""
+        queue = self._queue(pl_module)
+        if queue is None:
+            return
+        size, pointer = queue.size[0], int(queue.bank_ptr)
+        if self._queue_labels is None or len(self._queue_labels) != size:
+            self._reset_queue_labels(pl_module)
+        written = (pointer - self._queue_pointer) % size
+        self._queue_pointer = pointer
+        if written == 0:
+            return
+        slots = (torch.arange(written, device=queue.bank.device) + pointer - written) % size
+        labels = batch.get("labels")
+        if labels is not None:
+            if dist.world_size() > 1:  # the queue holds the keys of all ranks, in rank order
+                labels = torch.cat(dist.gather(labels.contiguous()))
+            labels = labels.reshape(-1)[-written:]
+        if labels is None or len(labels) != written:
+            self._queue_labels[slots] = -1
+            return
+        self._queue_labels[slots] = labels.to(self._queue_labels)
+
+    def _reset_queue_labels(self, pl_module: pl.LightningModule) -> None:
+        queue = self._queue(pl_module)
+        if queue is not None:
+            device = queue.bank.device
+            self._queue_labels = torch.full((queue.size[0],), -1, dtype=torch.long, device=device)
+            self._queue_pointer = int(queue.bank_ptr)
+
     # -- metrics ------------------------------------------------------------------
+    def compute_pairing_metrics(
+        self, pl_module: pl.LightningModule, batch: Mapping[str, Any], query: Tensor, key: Tensor
+    ) -> dict[str, Tensor]:
+        """Pairing statistics of this step's scenes and objects (see the class docstring)."""
+        criterion = getattr(pl_module, "hcl_criterion", None)
+        if criterion is None:
+            return {}
+        queue = self._queue(pl_module)
+        negatives = negative_labels = None
+        if queue is not None:
+            if self._negatives is None:  # the step began before this callback was attached
+                return {}
+            negatives, negative_labels = self._negatives
+            self._negatives = None
+        elif query.shape[0] < 2:
+            return {}
+        stats = pairing_statistics(
+            query, key, negatives, pl_module.hcl_head.curvature.detach(), criterion.temperature
+        )
+        labels, scene_labels = batch.get("labels"), batch.get("scene_labels")
+        if (
+            labels is not None
+            and scene_labels is not None
+            and (queue is None or negative_labels is not None)
+        ):
+            ceiling = class_level_ceiling(scene_labels, labels, negative_labels)
+            if ceiling["rows"] > 0:
+                stats["class_ceiling_loss"] = ceiling["loss"]
+                stats["class_ceiling_top1"] = ceiling["top1"]
+        p = self.pairing_prefix
+        return {
+            f"{p}/{name}": value.detach().float().to(query.device) for name, value in stats.items()
+        }
+
     def _embeddings(
         self, pl_module: pl.LightningModule, batch: Mapping[str, Any]
     ) -> tuple[Tensor, Tensor]:

@@ -23,6 +23,8 @@ class CropSpec:
         n_objects: Number of the image's boxes lying at least half inside the scene.
         label: Class id of the object box, -1 if unknown or if the object is random.
         box_index: Index of the object box in the record's boxes, -1 if random.
+        scene_labels: Class ids of the boxes counted in ``n_objects`` (one per box, so
+            a class may repeat); what a class-level scene-object matcher can know.
     """
 
     object_box: Box
@@ -30,23 +32,30 @@ class CropSpec:
     n_objects: int
     label: int
     box_index: int
+    scene_labels: tuple[int, ...] = ()
 
 
-def count_objects_inside(boxes: np.ndarray, region: Box) -> int:
-    """Counts the boxes whose area lies at least half inside a region.
+def objects_inside(boxes: np.ndarray, region: Box) -> np.ndarray:
+    """Which boxes lie at least half inside a region.
 
     Args:
         boxes: Boxes (M, 4), xyxy, with positive area.
         region: One xyxy box.
 
     Returns:
-        The number of boxes with ``area(box & region) >= 0.5 * area(box)``.
+        A boolean mask (M,): ``area(box & region) >= 0.5 * area(box)``.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     inter_w = (np.minimum(boxes[:, 2], region[2]) - np.maximum(boxes[:, 0], region[0])).clip(0)
     inter_h = (np.minimum(boxes[:, 3], region[3]) - np.maximum(boxes[:, 1], region[1])).clip(0)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return int((inter_w * inter_h >= 0.5 * area).sum())
+    return inter_w * inter_h >= 0.5 * area
+
+
+def count_objects_inside(boxes: np.ndarray, region: Box) -> int:
+    """The number of boxes whose area lies at least half inside a region (see
+    :func:`objects_inside`)."""
+    return int(objects_inside(boxes, region).sum())
 
 
 def to_pixels(box: np.ndarray, width: int, height: int) -> Box:
@@ -156,8 +165,9 @@ class SceneObjectSampler:
                 chosen = rng.choice(others, size=k, replace=False)
                 union = _union(np.vstack([np.asarray(object_box), boxes[chosen]]))
                 scene_box = to_pixels(union, width, height)
-        n_objects = count_objects_inside(boxes[nonempty], scene_box)
-        return CropSpec(object_box, scene_box, n_objects, label, box_index)
+        inside = objects_inside(boxes[nonempty], scene_box)
+        scene_labels = tuple(int(v) for v in np.asarray(record.labels)[nonempty][inside])
+        return CropSpec(object_box, scene_box, int(inside.sum()), label, box_index, scene_labels)
 
     def _with_context(
         self, box: np.ndarray, width: int, height: int, rng: np.random.Generator

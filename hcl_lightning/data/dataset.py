@@ -50,6 +50,16 @@ SCAN_SAMPLE = 512
 #: Standard deviations of the Wilson bound with which a scanned *sample* must exceed
 #: ``max_bad_fraction`` to stop the run (3: a set at the threshold passes 99.9 % of scans).
 SCAN_Z = 3.0
+#: Length of a sample's ``scene_labels`` (classes beyond it are dropped; -1 pads).
+MAX_SCENE_LABELS = 32
+
+
+def padded_labels(labels: Sequence[int], length: int = MAX_SCENE_LABELS) -> Tensor:
+    """``labels`` as an int64 tensor of ``length``, cut or padded with -1."""
+    out = torch.full((length,), -1, dtype=torch.long)
+    kept = list(labels)[:length]
+    out[: len(kept)] = torch.tensor(kept, dtype=torch.long)
+    return out
 
 
 class HCLDataset(Dataset):
@@ -62,6 +72,7 @@ class HCLDataset(Dataset):
          "object": Tensor(3, H, W),                    # the object region
          "n_objects": int64 tensor,                    # boxes at least half in the scene
          "labels": int64 tensor,                       # class of the object box, or -1
+         "scene_labels": int64 tensor (32,),           # classes of the n_objects, -1 padded
          "index": int64 tensor}                        # index of the image used
 
     torch's default collate stacks a list of items into ``views`` = list of 2
@@ -185,8 +196,7 @@ class HCLDataset(Dataset):
                 raise TooManyBadImagesError(
                     f"{n_bad} of a sample of {len(chosen)} images were bad: at least "
                     f"{estimate / len(self):.0%} of the {len(self)} images are, more than "
-                    f"max_bad_fraction={self.max_bad_fraction}; "
-                    + self._describe("found so far")
+                    f"max_bad_fraction={self.max_bad_fraction}; " + self._describe("found so far")
                 )
 
     def unreadable(self, codes: Tensor | None = None) -> list[tuple[Path, str]]:
@@ -206,6 +216,7 @@ class HCLDataset(Dataset):
         sample = self.transform(image, crop)
         sample["n_objects"] = torch.tensor(crop.n_objects, dtype=torch.long)
         sample["labels"] = torch.tensor(crop.label, dtype=torch.long)
+        sample["scene_labels"] = padded_labels(crop.scene_labels)
         sample["index"] = torch.tensor(index, dtype=torch.long)
         return sample
 

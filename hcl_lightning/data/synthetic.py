@@ -2,7 +2,9 @@
 
 Optionally with scene contexts (:data:`CONTEXTS`: a background type and palette and
 two typical object classes each) and a controlled fraction of images holding one
-object of another context, flagged ``out_of_context: 1`` in the annotations.
+object of another context, flagged ``out_of_context: 1`` in the annotations. Objects
+look alike within a class (``appearance="class"``) or each instance has its own look
+(``"instance"``, the default; :mod:`hcl_lightning.data.instance_appearance`).
 :func:`prepare_synthetic_data` generates the dataset of an ``hcl-train`` /
 ``hcl-analyze`` config's ``data.synthetic`` node.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image, ImageDraw
 
+from hcl_lightning.checks import check_choice
+from hcl_lightning.data import instance_appearance as looks
+
 FORMAT_VERSION = 1
+Box = tuple[int, int, int, int]
+#: ``appearance`` values: objects alike within a class, or each instance its own look.
+APPEARANCES = ("class", "instance")
 
 # (name, RGB colour, texture); COCO-like non-contiguous category ids 1, 3, 5, ...
 SHAPES = (
@@ -34,6 +42,11 @@ SHAPES = (
 )
 CATEGORY_IDS = tuple(2 * i + 1 for i in range(len(SHAPES)))
 MAX_OVERLAP_IOU = 0.2
+#: ``appearance="instance"``: largest fraction of an object's box that objects drawn
+#: after it may cover (partial occlusion).
+MAX_COVERED = 0.3
+#: Classes of the same outline, told apart by texture alone (see :func:`_instance_textures`).
+RECTANGLES = ("square", "striped_rectangle", "checkerboard")
 PLACEMENT_TRIES = 10
 BACKGROUNDS = ("gradient", "smooth_noise", "waves", "plain")
 #: Third seed word of the stream choosing the out-of-context images: not 0, so that
@@ -139,10 +152,18 @@ def _iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
     return inter / union
 
 
-def _random_box(rng: np.random.Generator, size: int) -> tuple[int, int, int, int]:
+def _random_box(
+    rng: np.random.Generator, size: int, aspect: float | None = None
+) -> tuple[int, int, int, int]:
+    """A box of side 15-40 % of ``size``: width 0.8-1.25 times the height, or of
+    width / height ``aspect`` (and the area of a square of that side)."""
     side = rng.uniform(0.15, 0.4) * size
-    w = int(np.clip(side * rng.uniform(0.8, 1.25), 8, size))
-    h = int(np.clip(side, 8, size))
+    if aspect is None:
+        w = int(np.clip(side * rng.uniform(0.8, 1.25), 8, size))
+        h = int(np.clip(side, 8, size))
+    else:
+        w = int(np.clip(side * np.sqrt(aspect), 8, size))
+        h = int(np.clip(side / np.sqrt(aspect), 8, size))
     x1, y1 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
     return x1, y1, x1 + w, y1 + h
 
@@ -150,7 +171,7 @@ def _random_box(rng: np.random.Generator, size: int) -> tuple[int, int, int, int
 def _paint(
     image: np.ndarray,
     cls: int,
-    box: tuple[int, int, int, int],
+    box: Box,
     rng: np.random.Generator,
     random_colours: bool = False,
 ) -> np.ndarray:
@@ -166,6 +187,108 @@ def _paint(
     return np.where(mask, _texture(texture, colour, rng, size), image)
 
 
+#: A placed object: class index, annotation box, and the function that paints it.
+Placed = tuple[int, Box, Callable[[np.ndarray], np.ndarray]]
+
+
+def _place_class(
+    rng: np.random.Generator,
+    size: int,
+    pool: Sequence[int],
+    boxes: list[Box],
+    random_colours: bool,
+) -> Placed | None:
+    """``appearance="class"``: a box overlapping none of ``boxes`` by IoU above
+    :data:`MAX_OVERLAP_IOU`, then a class of ``pool`` in its class look; None if no
+    box fits."""
+    for _ in range(PLACEMENT_TRIES):
+        box = _random_box(rng, size)
+        if all(_iou(box, other) <= MAX_OVERLAP_IOU for other in boxes):
+            break
+    else:
+        return None
+    cls = pool[int(rng.integers(len(pool)))]
+    return cls, box, lambda image: _paint(image, cls, box, rng, random_colours)
+
+
+def _instance_textures(cls: int) -> tuple[str, ...]:
+    """Textures of the instances of class ``cls``: its own for a class named by its
+    texture (striped rectangle, checkerboard); else every texture but those naming
+    another class of the same outline (a square is never striped or checked)."""
+    name, _, texture = SHAPES[cls]
+    if texture != "solid":
+        return (texture,)
+    if name not in RECTANGLES:
+        return looks.TEXTURES
+    taken = {t for other, _, t in SHAPES if other in RECTANGLES and t != texture}
+    return tuple(t for t in looks.TEXTURES if t not in taken)
+
+
+def _outline_mask(name: str, look: looks.Look, box: Box, size: int) -> np.ndarray:
+    """Boolean mask of shape ``name`` drawn with ``look``'s aspect and tilt in ``box``."""
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    for vertices, value in looks.outline(name, look, box):
+        draw.polygon(vertices, fill=value)
+    return np.asarray(mask) > 0
+
+
+def _tight_box(mask: np.ndarray) -> Box | None:
+    """The smallest box (exclusive end) around the pixels of ``mask``; None if empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _covered_at_most(boxes: Sequence[Box], limit: float) -> bool:
+    """Whether no box of ``boxes`` (in drawing order) has more than ``limit`` of its area
+    covered by the boxes drawn after it."""
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        covered = np.zeros((y2 - y1, x2 - x1), bool)
+        for a1, b1, a2, b2 in boxes[i + 1 :]:
+            covered[max(b1 - y1, 0) : max(b2 - y1, 0), max(a1 - x1, 0) : max(a2 - x1, 0)] = True
+        if covered.mean() > limit:
+            return False
+    return True
+
+
+def _place_instance(
+    rng: np.random.Generator,
+    size: int,
+    pool: Sequence[int],
+    boxes: list[Box],
+    random_colours: bool,
+    first_on_top: bool,
+) -> Placed | None:
+    """``appearance="instance"``: a class of ``pool`` in a look of its own
+    (:func:`~hcl_lightning.data.instance_appearance.sample_look`), then a box where it
+    and the earlier ``boxes`` keep at most :data:`MAX_COVERED` of their area covered
+    (``first_on_top``: the first of ``boxes`` is drawn last); its annotation box is the
+    tight box of its pixels. None if no box fits."""
+    cls = pool[int(rng.integers(len(pool)))]
+    name, colour, _ = SHAPES[cls]
+    base = rng.integers(0, 256, 3) if random_colours else colour
+    look = looks.sample_look(rng, tuple(base), _instance_textures(cls))
+    for _ in range(PLACEMENT_TRIES):
+        box = _random_box(rng, size, look.aspect)
+        mask = _outline_mask(name, look, box, size)
+        tight = _tight_box(mask)
+        if tight is None:
+            continue
+        order = [*boxes[1:], tight, boxes[0]] if first_on_top and boxes else [*boxes, tight]
+        if _covered_at_most(order, MAX_COVERED):
+            break
+    else:
+        return None
+
+    def paint(image: np.ndarray) -> np.ndarray:
+        pixels = looks.fill(look, box, size) + rng.normal(0, 6, (size, size, 3))
+        return np.where(mask[..., None], pixels, image)
+
+    return cls, tight, paint
+
+
 def _make_scene(
     rng: np.random.Generator,
     size: int,
@@ -173,7 +296,8 @@ def _make_scene(
     context: Context | None = None,
     out_of_context: bool = False,
     random_colours: bool = False,
-) -> tuple[np.ndarray, list[tuple[int, tuple[int, int, int, int], int]]]:
+    appearance: str = "class",
+) -> tuple[np.ndarray, list[tuple[int, Box, int]]]:
     """Draws one image; returns it and its objects as (class index, xyxy box, 0/1 flag).
 
     Without a ``context``: a random background type and classes. With one: its
@@ -181,6 +305,8 @@ def _make_scene(
     image has 2 to ``max_objects`` objects, the first (always placed) of another
     context's classes, flagged 1, and drawn last, so no other object covers it.
     ``random_colours`` paints every object in a random colour instead of its class's.
+    ``appearance`` (see :data:`APPEARANCES`) chooses :func:`_place_class` or
+    :func:`_place_instance`.
     """
     if context is None:
         image = _background(rng, size)
@@ -188,23 +314,26 @@ def _make_scene(
     else:
         image = _background(rng, size, context.background, context.low, context.high)
         classes = context.classes
-    objects: list[tuple[int, tuple[int, int, int, int], int]] = []
+    objects: list[tuple[int, Box, int]] = []
+    on_top = None  # paints the out-of-context object, last
     for slot in range(int(rng.integers(1 + out_of_context, max_objects + 1))):
-        for _ in range(PLACEMENT_TRIES):
-            box = _random_box(rng, size)
-            if all(_iou(box, other) <= MAX_OVERLAP_IOU for _, other, _ in objects):
-                break
+        flag = int(out_of_context and slot == 0)
+        pool = _other_classes(context) if flag else classes
+        boxes = [box for _, box, _ in objects]
+        if appearance == "instance":
+            placed = _place_instance(rng, size, pool, boxes, random_colours, out_of_context)
         else:
+            placed = _place_class(rng, size, pool, boxes, random_colours)
+        if placed is None:
             continue  # no room left for this object
-        if out_of_context and slot == 0:
-            others = _other_classes(context)
-            objects.append((others[int(rng.integers(len(others)))], box, 1))
-            continue
-        cls = classes[int(rng.integers(len(classes)))]
-        image = _paint(image, cls, box, rng, random_colours)
-        objects.append((cls, box, 0))
-    if out_of_context:
-        image = _paint(image, objects[0][0], objects[0][1], rng, random_colours)
+        cls, box, paint = placed
+        objects.append((cls, box, flag))
+        if flag:
+            on_top = paint
+        else:
+            image = paint(image)
+    if on_top is not None:
+        image = on_top(image)
     return image.clip(0, 255).astype(np.uint8), objects
 
 
@@ -221,11 +350,16 @@ def _out_of_context_images(n_images: int, ooc_fraction: float, seed: int) -> fro
 
 
 def check_context_args(
-    contexts: bool, ooc_fraction: float, max_objects: int, random_colours: bool = False
+    contexts: bool,
+    ooc_fraction: float,
+    max_objects: int,
+    random_colours: bool = False,
+    appearance: str = "instance",
 ) -> None:
     """Raises ``ValueError``, its message starting with the argument's name, for
-    ``contexts`` / ``ooc_fraction`` / ``random_colours`` values
+    ``contexts`` / ``ooc_fraction`` / ``random_colours`` / ``appearance`` values
     :func:`make_synthetic_scenes` cannot use."""
+    check_choice("appearance", appearance, APPEARANCES)
     for name, flag in (("contexts", contexts), ("random_colours", random_colours)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
@@ -256,6 +390,7 @@ def make_synthetic_scenes(
     contexts: bool = False,
     ooc_fraction: float = 0.0,
     random_colours: bool = False,
+    appearance: str = "instance",
 ) -> tuple[Path, Path]:
     """Writes (or reuses) a synthetic multi-object scene dataset in COCO format.
 
@@ -277,8 +412,19 @@ def make_synthetic_scenes(
     instead of its class colour, so only shape and texture tell the classes apart (and,
     with contexts, only shape tells an out-of-context object from a typical one):
     object classification is then not solvable from colour alone.
-    The default (``contexts=False``, ``random_colours=False``) output is that of earlier
-    versions, byte for byte.
+
+    With ``appearance="instance"`` (the default) every object instance has its own look
+    (:mod:`~hcl_lightning.data.instance_appearance`): its colour jittered around the
+    class colour (hue within ±40°, saturation, value), a texture of its own (solid,
+    stripes, checks, dots, gradient, each with its own angle, period and second colour;
+    striped rectangles and checkerboards keep their pattern, squares take neither), an
+    aspect ratio in 0.6-1.6, a tilt within ±20°, and up to 30 % of its box covered by
+    objects drawn later; its box is the tight box of its pixels. The class stays
+    recognisable by shape, and a crop of a scene identifies its object beyond its class.
+    With ``appearance="class"`` all objects of a class look alike (one colour, jittered
+    by ±20 per channel, and the class texture) and overlap by IoU <= 0.2; with the other
+    defaults (``contexts=False``, ``random_colours=False``) its output is that of
+    earlier versions, byte for byte.
 
     The output is deterministic: the same arguments give the same JPEG bytes and the
     same JSON. If ``root`` already holds a complete dataset made with the same
@@ -295,6 +441,8 @@ def make_synthetic_scenes(
         ooc_fraction: Fraction of images, in [0, 1], with one out-of-context object
             (needs ``contexts=True`` and ``max_objects >= 2``).
         random_colours: Paint objects in random colours (classes by shape only).
+        appearance: ``"instance"`` (each object its own look) or ``"class"`` (objects of
+            a class alike).
 
     Returns:
         ``(image_dir, ann_file)``, ready for :class:`~hcl_lightning.data.CocoBoxSource`.
@@ -308,7 +456,7 @@ def make_synthetic_scenes(
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
-    check_context_args(contexts, ooc_fraction, max_objects, random_colours)
+    check_context_args(contexts, ooc_fraction, max_objects, random_colours, appearance)
     root = Path(root)
     image_dir, ann_file, meta_file = root / "images", root / "annotations.json", root / "meta.json"
     meta = {
@@ -322,6 +470,8 @@ def make_synthetic_scenes(
         meta.update(contexts=True, ooc_fraction=ooc_fraction)
     if random_colours:
         meta.update(random_colours=True)
+    if appearance != "class":  # class-look datasets keep their earlier meta.json
+        meta.update(appearance=appearance)
     file_names = [f"{i:06d}.jpg" for i in range(n_images)]
     if (
         meta_file.is_file()
@@ -345,6 +495,7 @@ def make_synthetic_scenes(
             None if context_id is None else CONTEXTS[context_id],
             i in ooc_images,
             random_colours,
+            appearance,
         )
         Image.fromarray(pixels).save(image_dir / file_name, quality=92)
         image = {

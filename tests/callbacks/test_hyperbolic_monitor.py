@@ -41,6 +41,34 @@ def test_monitor_writes_ball_statistics_to_csv(tiny_fit):
     assert f"{P}/curvature" not in row  # fixed curvature: not logged
 
 
+def test_monitor_writes_pairing_statistics(tiny_fit):
+    rows = read_csv(tiny_fit.csv_file)
+    row = next(r for r in rows if r.get("train/pairing/loss"))
+    stats = {k.split("/")[-1]: float(v) for k, v in row.items() if k.startswith("train/pairing/")}
+    queue = TINY_HCL["hcl_queue_size"]
+    assert stats["chance_loss"] == pytest.approx(math.log(queue + 1), rel=1e-5)
+    assert stats["chance_top1"] == pytest.approx(1 / (queue + 1), rel=1e-5)
+    assert 0 <= stats["closer_share"] <= 1 and 0 <= stats["top1"] <= 1
+    assert stats["positive_distance"] > 0 and stats["negative_distance"] > 0
+    assert -1 <= stats["distance_norm_corr"] <= 1
+    assert 0 < stats["negative_norm_mean"] < 1 and stats["negative_norm_std"] >= 0
+    # the synthetic data has classes: the class-level ceiling lies between 0 and chance
+    assert 0 <= stats["class_ceiling_loss"] <= stats["chance_loss"]
+    assert stats["chance_top1"] <= stats["class_ceiling_top1"] <= 1
+
+
+def test_monitor_mirrors_the_queue_classes():
+    """The classes of queued keys follow the queue's pointer, wrapping around its end."""
+    model = HCLMoCoV2(backbone="resnet18", small_input=True, hcl_queue_size=6, hcl_dim=8)
+    queue = model.hcl_criterion.queue
+    monitor = HyperbolicMonitor()
+    monitor.on_train_start(None, model)
+    for labels in ([1, 2, 3, 4], [5, 6, 7, 8]):
+        queue.bank_ptr[0] = (queue.bank_ptr[0] + 4) % 6
+        monitor._track_queue(model, {"labels": torch.tensor(labels)})
+    assert monitor._queue_labels.tolist() == [7, 8, 3, 4, 5, 6]
+
+
 def test_monitor_writes_to_tensorboard(tiny_fit):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -60,9 +60,9 @@ class Record(pl.Callback):
         self.metrics[step] = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-def model() -> HCLMoCoV2:
+def model(**kwargs) -> HCLMoCoV2:
     torch.manual_seed(0)
-    return HCLMoCoV2(**TINY_MOCO, hcl_queue_size=32, hcl_lambda=0.5)
+    return HCLMoCoV2(**TINY_MOCO, hcl_queue_size=32, hcl_lambda=0.5, **kwargs)
 
 
 def fit(module, callbacks, steps, **trainer_kwargs) -> pl.Trainer:
@@ -143,7 +143,7 @@ def test_consecutive_bad_euclidean_steps_stop_with_the_component_named(tmp_path)
 
 
 def test_a_nan_gradient_with_a_finite_loss_names_the_parameter() -> None:
-    module = model()
+    module = model(hcl_learn_alpha=True)  # a hyperbolic parameter with a gradient
     name, weight = next(
         (n, p) for n, p in module.named_parameters() if n.startswith("hcl_") and p.requires_grad
     )

@@ -110,7 +110,7 @@ def test_scene_is_union_of_object_and_other_boxes():
         crop = sampler.sample(record, np.random.default_rng(seed))
         assert crop.object_box == tuple(boxes[crop.box_index])
         assert crop.scene_box == (10, 5, 120, 70)  # capped: all 2 other boxes are used
-        assert crop.n_objects == 3
+        assert crop.n_objects == 3 and sorted(crop.scene_labels) == [0, 1, 2]
 
 
 def test_single_box_scene_is_a_larger_region_around_it():
@@ -123,7 +123,7 @@ def test_single_box_scene_is_a_larger_region_around_it():
         scene_h = crop.scene_box[3] - crop.scene_box[1]
         assert 40 <= scene_w <= 51 and 60 <= scene_h <= 76
         assert contains(crop.scene_box, crop.object_box)
-        assert crop.n_objects == 1
+        assert crop.n_objects == 1 and crop.scene_labels == (4,)
 
 
 def test_small_boxes_are_not_objects_but_are_counted():

@@ -23,7 +23,7 @@ from hcl_lightning.data import (
     SceneObjectSampler,
     make_synthetic_scenes,
 )
-from hcl_lightning.data.dataset import TooManyBadImagesError
+from hcl_lightning.data.dataset import MAX_SCENE_LABELS, TooManyBadImagesError
 from hcl_lightning.data.images import DEFAULT_MAX_IMAGE_PIXELS, load_image
 from hcl_lightning.data.synthetic import prepare_synthetic_data
 from tests.helpers import compose_config, tiny_overrides
@@ -44,7 +44,15 @@ def make_dataset(records, **kwargs):
 
 
 def check_batch(batch, batch_size, object_size, scene_size):
-    assert set(batch) == {"views", "scene", "object", "n_objects", "labels", "index"}
+    keys = {"views", "scene", "object", "n_objects", "labels", "scene_labels", "index"}
+    assert set(batch) == keys
+    assert batch["scene_labels"].shape == (batch_size, MAX_SCENE_LABELS)
+    # the object's own class is among its scene's classes; -1 pads past n_objects
+    for row, label, n in zip(
+        batch["scene_labels"], batch["labels"], batch["n_objects"], strict=True
+    ):
+        assert (row[n:] == -1).all()
+        assert label < 0 or label in row[:n].tolist()
     assert isinstance(batch["views"], list) and len(batch["views"]) == 2
     for view in batch["views"]:
         assert view.shape == (batch_size, 3, object_size, object_size)

@@ -51,7 +51,7 @@ def test_annotations_are_coco_like(tmp_path):
 
 def test_objects_are_drawn_in_their_class_colour(tmp_path):
     """The last object of an image is on top: a solid one shows its colour at its centre."""
-    image_dir, ann_file = make_synthetic_scenes(tmp_path, **PARAMS)
+    image_dir, ann_file = make_synthetic_scenes(tmp_path, **PARAMS, appearance="class")
     coco = json.loads(ann_file.read_text())
     colour_of = {
         cid: colour
@@ -107,8 +107,9 @@ CONTEXT_PARAMS = {"n_images": 40, "image_size": 48, "contexts": True, "ooc_fract
 
 
 def test_default_output_is_unchanged(tmp_path, monkeypatch):
-    """The default output (contexts off) is that of the version before contexts existed:
-    hashes of its JSON and of the pixels handed to the JPEG encoder, recorded then."""
+    """The class-look output with the other defaults (contexts off) is that of the
+    version before contexts existed: hashes of its JSON and of the pixels handed to the
+    JPEG encoder, recorded then."""
     import hashlib
 
     import hcl_lightning.data.synthetic as synthetic
@@ -122,7 +123,9 @@ def test_default_output_is_unchanged(tmp_path, monkeypatch):
         return fromarray(array, *args, **kwargs)
 
     monkeypatch.setattr(synthetic.Image, "fromarray", recording_fromarray)
-    _, ann_file = make_synthetic_scenes(tmp_path, n_images=6, image_size=48, seed=3)
+    _, ann_file = make_synthetic_scenes(
+        tmp_path, n_images=6, image_size=48, seed=3, appearance="class"
+    )
     assert hashlib.sha256(ann_file.read_bytes()).hexdigest() == (
         "325474e1b9314fafa45e5e3788164e65aa46244adb3874938da53b68162d833c"
     )
@@ -196,7 +199,9 @@ def _centre_colours(image_dir: Path, coco: dict, out_of_context_only: bool = Fal
 
 def test_out_of_context_object_is_drawn_on_top(tmp_path):
     """A solid out-of-context object shows its own colour at its centre."""
-    image_dir, ann_file = make_synthetic_scenes(tmp_path, **{**CONTEXT_PARAMS, "ooc_fraction": 1.0})
+    image_dir, ann_file = make_synthetic_scenes(
+        tmp_path, **{**CONTEXT_PARAMS, "ooc_fraction": 1.0}, appearance="class"
+    )
     coco = json.loads(ann_file.read_text())
     checked = 0
     for cid, colour in _centre_colours(image_dir, coco, out_of_context_only=True):
@@ -211,6 +216,7 @@ def test_random_colours_leave_only_shape_to_tell_classes_apart(tmp_path, context
     spread of one class's colours (median absolute deviation) is that of uniform
     colours (64 for many objects), not that of the class colour's jitter; boxes, classes and contexts are drawn as usual."""
     params = {**CONTEXT_PARAMS, "ooc_fraction": 0.3 * contexts, "contexts": contexts}
+    params["appearance"] = "class"  # one colour per class, or a random one
     spread = {}
     for random_colours in (False, True):
         root = tmp_path / str(random_colours)
@@ -298,6 +304,7 @@ def test_read_coco_sees_the_out_of_context_flags(tmp_path):
         ({"contexts": True, "ooc_fraction": "0.2"}, "ooc_fraction must be a number"),
         ({"contexts": "yes"}, "contexts must be True or False"),
         ({"random_colours": 1}, "random_colours must be True or False"),
+        ({"appearance": "photo"}, r"appearance must be one of \('class', 'instance'\)"),
         (
             {"contexts": True, "ooc_fraction": 0.1, "max_objects": 1},
             "needs max_objects >= 2",
@@ -323,8 +330,9 @@ def test_config_keys_reach_the_generator_and_the_folder_name(tmp_path, monkeypat
         [*overrides, "data.synthetic.contexts=true", "data.synthetic.ooc_fraction=0.5"]
     )
     coloured = compose_config([*overrides, "data.synthetic.random_colours=true"])
-    roots = (cfg, ooc, default, coloured)
-    assert len({c.data.synthetic.root for c in roots}) == 4
+    class_look = compose_config([*overrides, "data.synthetic.appearance=class"])
+    roots = (cfg, ooc, default, coloured, class_look)
+    assert len({c.data.synthetic.root for c in roots}) == 5
     prepare_synthetic_data(ooc)
     anns = json.loads(Path(ooc.data.ann_file).read_text())["annotations"]
     assert sum(a["out_of_context"] for a in anns) == 4
