@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test docs lint bench venv
+.PHONY: demo test docs lint bench venv dist-check
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ docs: venv
 
 lint: venv
 	$(VENV)/bin/ruff check hcl_lightning tests benchmarks examples
+
+# sdist + wheel, twine check, the wheel's commands in a fresh venv (.ci/check_wheel)
+dist-check: venv
+	VENV=$(VENV) bash .ci/check_wheel
 
 bench: venv
 	$(PY) benchmarks/bench_loss.py

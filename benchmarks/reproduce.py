@@ -43,6 +43,12 @@ Usage::
     python benchmarks/reproduce.py --random-colours    # classes told apart by shape only
     python benchmarks/reproduce.py --appearance instance  # each object its own look
     python benchmarks/reproduce.py --quick             # smoke run, ~1 min
+    python benchmarks/reproduce.py --family heldout    # on scenes of another generator
+
+``--family heldout`` trains and evaluates on the scenes of ``benchmarks/heldout_scenes.py``
+instead (other object kinds, contexts, textures and layouts, written for evaluation only:
+the method was not developed on them): training scenes of seed 1 without out-of-context
+objects, validation scenes of seed 1000 for the online probes, held-out scenes of seed 2.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+from heldout_scenes import make_heldout_scenes  # benchmarks/, next to this script
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -84,6 +91,11 @@ from hcl_lightning.data import make_synthetic_scenes
 from hcl_lightning.train import train
 
 ARMS = ("untrained", "moco_v2", "hcl")
+FAMILIES = ("synthetic", "heldout")
+#: Seeds of the ``--family heldout`` scene sets, and the validation set's size (that of
+#: ``data.val_synthetic`` of the synthetic family).
+HELDOUT_SEEDS = {"train": 1, "val": 1000, "eval": 2}
+HELDOUT_VAL_IMAGES = 100
 METRICS = {  # key: (column title, chance-band kind)
     "rho_images": ("ρ(norm, #obj) images", "band"),
     "rho_crops": ("ρ(norm, #obj) crops", "band"),
@@ -119,6 +131,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="objects alike within a class (the look of the recorded results, default) or "
         "each instance its own look (make_synthetic_scenes' default)",
     )
+    parser.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="synthetic",
+        help="scene generator of training and held-out scenes: hcl_lightning's synthetic "
+        "scenes, or benchmarks/heldout_scenes.py (evaluation only)",
+    )
     parser.add_argument("--permutations", type=int, default=1000)
     parser.add_argument(
         "--override",
@@ -138,6 +157,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0 < args.ooc_fraction <= 1:
         parser.error("--ooc-fraction must be in (0, 1]")
+    if (args.random_colours or args.appearance != "class") and args.family != "synthetic":
+        parser.error("--random-colours and --appearance apply to --family synthetic only")
     return args
 
 
@@ -157,17 +178,55 @@ def synthetic_args(args: argparse.Namespace, split: str) -> dict[str, Any]:
     return {**common, "n_images": args.eval_images, "seed": 2, "ooc_fraction": args.ooc_fraction}
 
 
+def heldout_data(args: argparse.Namespace, split: str) -> tuple[Path, Path]:
+    """``(image_dir, ann_file)`` of the ``--family heldout`` scenes of ``split`` ("train",
+    "val" or "eval"), generated on first use."""
+    root = ((args.data_root or args.out / "data") / f"heldout-{split}").resolve()
+    n_images = {"train": args.train_images, "val": HELDOUT_VAL_IMAGES}.get(split, args.eval_images)
+    return make_heldout_scenes(
+        root,
+        n_images=n_images,
+        image_size=args.image_size,
+        seed=HELDOUT_SEEDS[split],
+        ooc_fraction=args.ooc_fraction if split == "eval" else 0.0,
+    )
+
+
+def eval_data(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``(image_dir, ann_file)`` of the held-out scenes every model is evaluated on."""
+    if args.family == "heldout":
+        return heldout_data(args, "eval")
+    return make_synthetic_scenes(**synthetic_args(args, "eval"))
+
+
+def data_overrides(args: argparse.Namespace) -> list[str]:
+    """``hcl-train`` overrides of the training (and validation) scenes of ``--family``."""
+    if args.family == "synthetic":
+        data = synthetic_args(args, "train")
+        return [f"data.synthetic.{key}={value}" for key, value in data.items()]
+    (train_images, train_ann), (val_images, val_ann) = (
+        heldout_data(args, split) for split in ("train", "val")
+    )
+    return [
+        "~data.synthetic",
+        "~data.val_synthetic",
+        f"data.image_dir={train_images}",
+        f"data.ann_file={train_ann}",
+        f"data.validation.image_dir={val_images}",
+        f"data.validation.ann_file={val_ann}",
+    ]
+
+
 def run_config(args: argparse.Namespace, arm: str, seed: int) -> DictConfig:
     """The ``hcl-train`` config of one run: the CPU demo preset on the training scenes."""
     lam = args.lam if arm == "hcl" else 0.0
-    data = synthetic_args(args, "train")
     overrides = [
         f"seed={seed}",
         f"hcl.lam={lam}",
         f"trainer.max_steps={args.steps}",
         "trainer.enable_progress_bar=false",
         "+trainer.enable_model_summary=false",
-        *(f"data.synthetic.{key}={value}" for key, value in data.items()),
+        *data_overrides(args),
         f"output_dir={args.out / 'runs' / f'{arm}-seed{seed}'}",
         *args.override,
     ]
@@ -317,7 +376,8 @@ def table(results: dict[str, list[dict]], bands: dict, chance: dict, args) -> st
         f"{args.train_images} training / {args.eval_images} held-out scenes "
         f"({args.ooc_fraction:.0%} of them with one out-of-context object"
         f"{'; objects in random colours' if args.random_colours else ''}"
-        f"{'; each object its own look' if args.appearance == 'instance' else ''}), "
+        f"{'; each object its own look' if args.appearance == 'instance' else ''}"
+        f"{'; held-out scene family of benchmarks/heldout_scenes.py' if args.family == 'heldout' else ''}), "
         f"{args.permutations} permutations; overrides: {' '.join(args.override) or 'none'}.",
     ]
     return "\n".join(lines)
@@ -329,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.data_root = Path(tempfile.mkdtemp(prefix="hcl_reproduce_"))
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    images = read_coco(*make_synthetic_scenes(**synthetic_args(args, "eval")))
+    images = read_coco(*eval_data(args))
     results: dict[str, list[dict]] = {arm: [] for arm in args.arms}
     rows = []
     for seed in range(args.seeds):

@@ -1,8 +1,9 @@
-"""Export the pretrained ResNet backbone to torchvision and detectron2 formats.
+"""Export the pretrained ResNet backbone to torchvision, timm and detectron2 formats.
 
 The backbones of the baselines are torchvision ResNets with ``fc = nn.Identity()``
 (:func:`hcl_lightning.baselines.backbones.build_resnet`), so their keys already follow
-torchvision; detectron2 names come from the mapping of MoCo's
+torchvision, and timm's ResNets use the same names (``conv1``, ``bn1``, ``layerN.i.*``,
+classifier ``fc``); detectron2 names come from the mapping of MoCo's
 ``detection/convert-pretrain-to-detectron2.py`` (also used by solo-learn):
 
 ==========================  =====================================
@@ -21,8 +22,9 @@ BatchNorm ``weight``/``bias``/``running_mean``/``running_var`` keep their names
 
 Example::
 
-    from hcl_lightning.export import export_detectron2, export_torchvision
+    from hcl_lightning.export import export_detectron2, export_timm, export_torchvision
     export_torchvision("last.ckpt", "r50_hcl.pth")      # resnet50().load_state_dict(...)
+    export_timm("last.ckpt", "r50_hcl_timm.pth")        # timm.create_model("resnet50")...
     export_detectron2("last.ckpt", "r50_hcl.pkl")       # MODEL.WEIGHTS r50_hcl.pkl
 """
 
@@ -43,8 +45,10 @@ __all__ = [
     "ENCODERS",
     "backbone_state_dict",
     "export_detectron2",
+    "export_timm",
     "export_torchvision",
     "load_checkpoint_state_dict",
+    "resnet_name",
     "to_detectron2_key",
 ]
 
@@ -153,6 +157,49 @@ def export_torchvision(
     state = backbone_state_dict(model_or_checkpoint, encoder=encoder)
     torch.save(state, _output_file(path))
     return state
+
+
+#: Blocks per stage of the torchvision/timm ResNets, and whether their blocks are
+#: bottlenecks (``conv3``): what :func:`resnet_name` reads off a ``state_dict``.
+RESNETS = {
+    ((2, 2, 2, 2), False): "resnet18",
+    ((3, 4, 6, 3), False): "resnet34",
+    ((3, 4, 6, 3), True): "resnet50",
+    ((3, 4, 23, 3), True): "resnet101",
+    ((3, 8, 36, 3), True): "resnet152",
+}
+
+
+def resnet_name(state: Mapping[str, Tensor]) -> str | None:
+    """The torchvision/timm model name (``"resnet50"``, ...) whose layout ``state`` has.
+
+    Read from the number of blocks per stage and the block type (``conv3``: bottleneck);
+    None for any other layout. Widths are not checked (``wide_resnet50_2`` reads as
+    ``resnet50``).
+    """
+    blocks = tuple(
+        len({key.split(".")[1] for key in state if key.startswith(f"layer{n}.")})
+        for n in range(1, 5)
+    )
+    return RESNETS.get((blocks, "layer1.0.conv3.weight" in state))
+
+
+def export_timm(
+    model_or_checkpoint: nn.Module | Mapping[str, Tensor] | str | Path,
+    path: str | Path,
+    encoder: str = "online",
+) -> OrderedDict[str, Tensor]:
+    """Saves the backbone as a timm ResNet ``state_dict`` (``torch.save``).
+
+    timm's ResNets name their weights as torchvision does, so the file is the
+    torchvision export; :func:`resnet_name` of the returned ``state_dict`` is the name
+    to create: ``timm.create_model("resnet50", num_classes=N).load_state_dict(
+    torch.load(path), strict=False)`` reports only ``fc.weight`` and ``fc.bias`` missing.
+
+    Returns:
+        The saved ``state_dict``.
+    """
+    return export_torchvision(model_or_checkpoint, path, encoder=encoder)
 
 
 _LAYER = re.compile(r"^layer([1-4])\.")

@@ -35,6 +35,7 @@ import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import WandbLogger
 
 from hcl_lightning.callbacks import (
     DataHygieneMonitor,
@@ -141,6 +142,18 @@ def _csv_logs_per_attempt(cfg: DictConfig) -> None:
             attempt += 1
         with open_dict(node):
             node.version = str(Path(version) / f"resume_{attempt}")
+
+
+def _log_config(loggers: list, cfg: DictConfig) -> None:
+    """Records the composed config (resolved) as the run config of each W&B logger.
+
+    Lightning logs only the model's hyperparameters; the W&B run gets the whole config
+    (``model``, ``data``, ``hcl``, ``trainer``, ...) so that runs can be filtered and
+    compared by any key. Logged on rank 0 only (``WandbLogger.log_hyperparams``).
+    """
+    for run_logger in loggers:
+        if isinstance(run_logger, WandbLogger):
+            run_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
 
 def _output_dir(cfg: DictConfig) -> Path:
@@ -310,6 +323,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path is not None:
         _csv_logs_per_attempt(cfg)
     loggers = _instantiate_dict(cfg.get("logger")) or False
+    _log_config(loggers or [], cfg)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, _convert_="all"
     )

@@ -1,7 +1,7 @@
 """Test helpers shared by the test modules: tiny models and a quiet Trainer, random HCL
 batches and a capturing fit, the real Hydra config with tiny overrides, the example
-module loaded by path, reference formulas, and the tiny HCL fit behind the ``tiny_fit``
-fixture (``conftest.py``).
+module loaded by path, reference formulas, a tiny ImageFolder set, and the tiny HCL fit
+behind the ``tiny_fit`` fixture (``conftest.py``).
 
 The tiny fit runs once per pytest session (its outputs are cached under pytest's
 session base temp dir): ResNet-18 (small_input=False) at 32 px, batch 4, queues of 16,
@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from hydra.experimental.callback import Callback as HydraCallback
+from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
@@ -285,3 +287,17 @@ def info_nce(q, k, bank, tau):
     q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ bank.T], dim=1) / tau
     return -torch.log_softmax(logits, dim=1)[:, 0].mean()
+
+
+COLOURS = {"blue": (30, 30, 220), "green": (30, 200, 30), "red": (220, 30, 30)}
+
+
+def write_image_folder(root: Path, per_class: int = 5) -> Path:
+    """``root/<colour>/<i>.png``: 32-px noisy images of one colour per class."""
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(np.asarray(colour) + rng.normal(0, 20, (32, 32, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
+    return root

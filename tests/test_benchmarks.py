@@ -22,6 +22,11 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
             ["--random-colours", "--appearance", "instance"],
             ["| hcl (λ=0.1) | ", "objects in random colours", "each object its own look"],
         ),
+        (
+            "reproduce.py",
+            ["--family", "heldout"],
+            ["| moco_v2 (λ=0) | ", "benchmarks/heldout_scenes.py"],
+        ),
     ],
 )
 def test_quick_benchmark_prints_its_ratios(

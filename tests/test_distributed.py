@@ -254,7 +254,9 @@ def test_cli_ddp_on_cpu_two_processes_one_output_directory(tmp_path: Path) -> No
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     (probe,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("OnlineProbes")]
     # 2 steps x 4 object crops x 2 ranks: the bank holds both ranks' features
-    assert int((probe["bank_labels"] >= 0).sum()) == probe["bank_next"] == 2 * 4 * 2
+    # (crops of class -1, random regions where no box is large enough, are not banked)
+    labelled = int((probe["bank_labels"] >= 0).sum())
+    assert labelled == probe["bank_next"] and 2 * 4 < labelled <= 2 * 4 * 2
     assert "shuffle-BN across 2 ranks (cpu, gloo)" in output
     assert "* 4 (batch) * 2 (devices)" in output  # lr scaled with the global batch
     assert output.count("hcl-train: 2 steps") == 1  # the summary is printed by rank 0

@@ -1,4 +1,4 @@
-"""Backbone export: torchvision state_dict and detectron2 .pkl (MoCo's key mapping)."""
+"""Backbone export: torchvision and timm state_dicts, detectron2 .pkl (MoCo's key mapping)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import pickle
 
 import numpy as np
 import pytest
+import timm
 import torch
+import torchvision
 from torchvision.models import resnet18, resnet50
 
 from hcl_lightning.baselines import HCLMoCoV2
@@ -14,8 +16,10 @@ from hcl_lightning.baselines.backbones import build_resnet
 from hcl_lightning.export import (
     backbone_state_dict,
     export_detectron2,
+    export_timm,
     export_torchvision,
     load_checkpoint_state_dict,
+    resnet_name,
     to_detectron2_key,
 )
 
@@ -71,6 +75,30 @@ def test_torchvision_export_loads_into_resnet50(tmp_path):
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"]
     assert result.unexpected_keys == []
     assert torch.equal(target.layer3[2].conv2.weight, source.layer3[2].conv2.weight)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_timm_export_loads_with_only_the_classifier_missing(name, tmp_path):
+    source = getattr(torchvision.models, name)(weights=None)
+    torch.nn.init.normal_(source.layer4[0].bn1.running_mean)  # non-trivial buffers
+    state = export_timm(source, tmp_path / "backbone.pth")
+    assert resnet_name(state) == name
+    target = timm.create_model(name, pretrained=False, num_classes=10)
+    result = target.load_state_dict(torch.load(tmp_path / "backbone.pth"), strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"]
+    assert result.unexpected_keys == []
+    for key, value in source.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(target.state_dict()[key], value), key
+    source.eval(), target.eval()
+    source.fc = target.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(target(x), source(x))  # same function, not only same names
+
+
+def test_resnet_name_of_other_layouts():
+    assert resnet_name(torchvision.models.resnet34(weights=None).state_dict()) == "resnet34"
+    assert resnet_name({"conv1.weight": torch.zeros(1)}) is None
 
 
 def test_export_from_lightning_checkpoint(tiny_fit, tmp_path):

@@ -118,7 +118,8 @@ def test_batched_forward_equals_separate_passes_with_eval_mode_batchnorm(
     assert batched.calls == {"backbone": [3 * B] * steps, "backbone_momentum": [3 * B] * steps}
     assert separate.calls == {"backbone": [B] * 3 * steps, "backbone_momentum": [B] * 3 * steps}
     assert_same_steps(batched, separate, rtol=1e-5, atol=1e-6)
-    assert "hcl_head.log_alpha" in batched.grads[0]
+    if head == "separate":  # the hyperbolic loss reaches the separate head in batched mode
+        assert any(name.startswith("hcl_head.") for name in batched.grads[0])
 
 
 def test_densecl_batched_forward_equals_separate_passes_with_eval_mode_batchnorm() -> None:

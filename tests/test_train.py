@@ -221,3 +221,83 @@ def test_cli_error_traceback_on_request_and_help(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Could not find 'model/foo'" in result.stderr
     assert "moco_v2" in result.stderr  # the available options are listed
+
+
+def wandb_records(run_file: Path) -> list:
+    """The records of an offline W&B run file (``run-<id>.wandb``): a LevelDB-style log
+    (7-byte header, 32 KiB blocks of chunks with a 7-byte header: crc, length, type)
+    of ``wandb_internal_pb2.Record`` protobufs."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, chunks, records = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:  # zero padding
+            break
+        chunks += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunks)
+            records.append(record)
+            chunks = b""
+    return records
+
+
+def test_wandb_logger_runs_offline(tmp_path: Path, monkeypatch) -> None:
+    """logger=wandb needs no account: the offline run file holds the composed config, the
+    step metrics and the monitor's norm histograms."""
+    import json
+
+    import wandb
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = [
+        *tiny_overrides(tmp_path),
+        f"output_dir={tmp_path / 'run'}",
+        "logger=wandb",
+        "callbacks.hyperbolic_monitor.every_n_steps=1",
+        "hcl.lam=0.3",
+    ]
+    try:
+        train(compose_config(overrides))
+    finally:
+        wandb.finish()
+    (run_file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    records = wandb_records(run_file)
+    config = {
+        item.key: json.loads(item.value_json)
+        for record in records
+        if record.WhichOneof("record_type") == "config"
+        for item in record.config.update
+    }
+    assert config["hcl"]["lam"] == 0.3 and config["model"]["backbone"] == "resnet18"
+    assert config["hcl_lambda"] == 0.3  # Lightning's model hyperparameters as well
+    rows = [
+        {
+            "/".join(item.nested_key) if item.nested_key else item.key: json.loads(item.value_json)
+            for item in record.history.item
+        }
+        for record in records
+        if record.WhichOneof("record_type") == "history"
+    ]
+    keys = set().union(*rows)
+    assert "train/loss_euc" in keys and "train/ball/scene_norm_mean" in keys
+    hists = [r for r in rows if "train/ball/scene_norm_hist/_type" in r]
+    assert [r["trainer/global_step"] for r in hists] == [0, 1]  # every step
+    for row in hists:
+        assert row["train/ball/scene_norm_hist/_type"] == "histogram"
+        assert sum(row["train/ball/scene_norm_hist/values"]) == 4  # batch of 4 scenes
+        bins = row["train/ball/object_norm_hist/bins"]
+        assert 0 <= bins[0] and bins[-1] < 1

@@ -1,6 +1,6 @@
 """Analyses of a trained HCL model: norms vs. #objects, out-of-context scores, embeddings.
 
-Command line: ``hcl-analyze {norms,out-of-context,embed,export} ...`` (see
+Command line: ``hcl-analyze {norms,out-of-context,embed,linear,knn,export} ...`` (see
 :mod:`hcl_lightning.analysis.cli`); the same functions are importable:
 
 >>> model = load_model("last.ckpt")

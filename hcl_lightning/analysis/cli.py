@@ -10,7 +10,11 @@
     hcl-analyze out-of-context checkpoint=last.ckpt data.synthetic.contexts=true \\
         data.synthetic.ooc_fraction=0.2 out=out/ooc
     hcl-analyze embed checkpoint=last.ckpt data=folder data.image_dir=DIR format=pt
+    hcl-analyze embed checkpoint=last.ckpt plot=true             # + map.png, poincare_disk.png
+    hcl-analyze linear checkpoint=last.ckpt data=coco data.image_dir=DIR data.ann_file=FILE
+    hcl-analyze knn checkpoint=last.ckpt data=folder data.image_dir=ROOT k=20 temperature=0.1
     hcl-analyze export checkpoint=last.ckpt format=detectron2 out=r50.pkl
+    hcl-analyze export checkpoint=last.ckpt format=timm out=r50_timm.pth
     hcl-analyze norms --help                                   # the command's keys
 
 Without any ``data=`` or ``data.*`` key, a checkpoint written by ``hcl-train`` is
@@ -25,6 +29,7 @@ analysis with status 1. ``python -m hcl_lightning.analysis`` is the same program
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -39,13 +44,24 @@ from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
 from hcl_lightning.analysis.embed import (
     embed_dataset,
     load_model,
+    output_dir,
     read_checkpoint,
     read_coco,
     read_folder,
     resolve_device,
 )
+from hcl_lightning.analysis.evaluate import (
+    OPTIMIZERS,
+    LabelledSplit,
+    cached_features,
+    coco_crop_split,
+    folder_split,
+    train_linear,
+)
 from hcl_lightning.analysis.norms import norms_vs_objects
 from hcl_lightning.analysis.out_of_context import out_of_context_scores
+from hcl_lightning.analysis.plots import MAP_METHODS
+from hcl_lightning.analysis.probes import knn_accuracy
 from hcl_lightning.callbacks.run_config import CONFIG_KEY
 from hcl_lightning.config import (
     ConfigError,
@@ -56,7 +72,7 @@ from hcl_lightning.config import (
     require,
 )
 from hcl_lightning.data.synthetic import prepare_synthetic_data
-from hcl_lightning.export import export_detectron2, export_torchvision
+from hcl_lightning.export import export_detectron2, export_timm, export_torchvision, resnet_name
 
 __all__ = ["COMMANDS", "KEYS", "compose_config", "main"]
 
@@ -78,7 +94,19 @@ KEYS = {
     "object_size": "side of the object crops; null: image_size",
     "grid_images": "images drawn in ooc_grid.png",
     "format": "output format",
-    "encoder": "encoder exported: online or momentum",
+    "encoder": "encoder used: online or momentum",
+    "val_fraction": "images held out for val when there is no separate val set",
+    "val_dir": "data=folder: class folders of the val images; null: a held-out part",
+    "cache": "reuse the backbone features of an earlier run (out/features.pt)",
+    "k": "neighbours of the kNN vote",
+    "temperature": "temperature of the kNN vote weights exp(cos / t)",
+    "epochs": "epochs of the linear classifier",
+    "optimizer": "sgd (cosine schedule) or lbfgs (full batch)",
+    "lr": "learning rate (lbfgs: initial step)",
+    "weight_decay": "L2 penalty of the linear weights",
+    "progress_bar": "show Lightning's progress bar",
+    "plot": "also draw map.png (UMAP or t-SNE) and poincare_disk.png",
+    "map_method": "2-D map: auto (UMAP if umap-learn is installed, else t-SNE), umap, tsne",
 }
 _KNOWN = (
     f"keys: {', '.join(KEYS)}; data=synthetic|coco|folder and its data.* keys "
@@ -94,6 +122,15 @@ INTEGER_KEYS = {
     "scene_crops": (0, False),
     "object_size": (1, True),
     "grid_images": (0, False),
+    "k": (1, False),
+    "epochs": (1, False),
+}
+#: Float keys: the condition they must meet and its text.
+FLOAT_KEYS = {
+    "val_fraction": ("in (0, 1)", lambda v: 0 < v < 1),
+    "temperature": ("> 0", lambda v: v > 0),
+    "lr": ("> 0", lambda v: v > 0),
+    "weight_decay": (">= 0", lambda v: v >= 0),
 }
 #: Integer keys of ``data.synthetic``: (key, smallest value, meaning).
 SYNTHETIC_KEYS = (
@@ -101,8 +138,8 @@ SYNTHETIC_KEYS = (
     ("image_size", 32, "side of the generated images"),
     ("max_objects", 1, "objects per generated image"),
 )
-#: Keys of every command that analyses images.
-IMAGE_KEYS = (
+#: Keys of every command that runs the model on images.
+MODEL_KEYS = (
     "checkpoint",
     "model_class",
     "out",
@@ -111,8 +148,11 @@ IMAGE_KEYS = (
     "num_workers",
     "device",
     "min_box_size",
-    "max_images",
 )
+#: Keys of the analyses of unlabelled images (norms, out-of-context, embed).
+IMAGE_KEYS = (*MODEL_KEYS, "max_images")
+#: Keys of the frozen-backbone evaluations (linear, knn) besides their own.
+EVAL_KEYS = (*MODEL_KEYS, "seed", "encoder", "val_fraction", "val_dir", "cache")
 
 
 def _fmt(value: float | None) -> str:
@@ -185,20 +225,143 @@ def _run_ooc(cfg: DictConfig) -> None:
 
 
 def _run_embed(cfg: DictConfig) -> None:
-    meta = _analyse(cfg, "embed", embed_dataset, fmt=cfg.format or "npy")
+    meta = _analyse(
+        cfg,
+        "embed",
+        embed_dataset,
+        fmt=cfg.format or "npy",
+        plot=cfg.plot,
+        map_method=cfg.map_method,
+        seed=cfg.seed,
+    )
     _print_values(meta, ("n_images", "feature_dim", "ball_dim"))
+    if cfg.plot:
+        _print_values(meta, ("map_method",))
+        print(f"plots={','.join(meta['plots'])}")
     print(f"out={_out(cfg, 'embed')}")
+
+
+def _labelled_split(cfg: DictConfig) -> LabelledSplit:
+    """The labelled train/val images of ``cfg.data``: object crops of the boxes for data
+    with an annotation file (val: ``data.validation`` when set), else class folders
+    (val: ``val_dir`` when set); otherwise a seeded hold-out of ``val_fraction``."""
+    prepare_synthetic_data(cfg)
+    ann_file = OmegaConf.select(cfg, "data.ann_file")
+    if ann_file is not None:
+        return coco_crop_split(
+            cfg.data.image_dir,
+            ann_file,
+            cfg.image_size,
+            val_image_dir=OmegaConf.select(cfg, "data.validation.image_dir"),
+            val_ann_file=OmegaConf.select(cfg, "data.validation.ann_file"),
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            min_box_size=cfg.min_box_size,
+        )
+    return folder_split(
+        cfg.data.image_dir, cfg.image_size, cfg.val_dir, cfg.val_fraction, seed=cfg.seed
+    )
+
+
+def _evaluate(cfg: DictConfig, command: str, settings: dict, evaluation) -> None:
+    """Features of the labelled split (cached), ``evaluation(features, split, out)``'s
+    ``{"top1", "top5", ...}`` printed and written to ``out/<command>.json`` with
+    ``settings`` and the sizes."""
+    split = _labelled_split(cfg)
+    out = output_dir(_out(cfg, command))
+    model = load_model(cfg.checkpoint, cfg.model_class, device=cfg.device)
+    features, from_cache = cached_features(
+        model,
+        cfg.checkpoint,
+        split,
+        out / "features.pt" if cfg.cache else None,
+        encoder=cfg.encoder,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        settings={"image_size": cfg.image_size, "min_box_size": cfg.min_box_size},
+    )
+    result = evaluation(features, split, out)
+    summary = {
+        "command": command,
+        "top1": result["top1"],
+        "top5": result["top5"],
+        "n_train": len(features["train_y"]),
+        "n_val": len(features["val_y"]),
+        "num_classes": len(split.class_names),
+        "feature_dim": int(features["train_x"].shape[1]),
+        "features_from_cache": from_cache,
+        "checkpoint": str(Path(str(cfg.checkpoint)).resolve()),
+        "encoder": cfg.encoder,
+        "image_size": cfg.image_size,
+        **settings,
+        "class_names": split.class_names,
+    }
+    json_file = out / f"{command}.json"
+    json_file.write_text(json.dumps(summary, indent=2))
+    print(f"top1={_fmt(result['top1'])}")
+    print(f"top5={_fmt(result['top5'])}")
+    _print_values(summary, ("n_train", "n_val", "num_classes", "features_from_cache"))
+    print(f"json={json_file}")
+
+
+def _run_linear(cfg: DictConfig) -> None:
+    settings = {
+        key: cfg[key] for key in ("optimizer", "epochs", "lr", "weight_decay", "batch_size")
+    }
+
+    def linear(features, split, out):
+        _, accuracy = train_linear(
+            features,
+            len(split.class_names),
+            out,
+            optimizer=cfg.optimizer,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            batch_size=cfg.batch_size,
+            accelerator="gpu" if resolve_device(cfg.device).type == "cuda" else "cpu",
+            seed=cfg.seed,
+            progress_bar=cfg.progress_bar,
+        )
+        return accuracy
+
+    _evaluate(cfg, "linear", settings, linear)
+
+
+def _run_knn(cfg: DictConfig) -> None:
+    def knn(features, _split, _out):
+        return knn_accuracy(
+            features["train_x"],
+            features["train_y"],
+            features["val_x"],
+            features["val_y"],
+            k=cfg.k,
+            temperature=cfg.temperature,
+        )
+
+    _evaluate(cfg, "knn", {"k": cfg.k, "temperature": cfg.temperature}, knn)
+
+
+#: Default file of each export format when ``out`` is a folder.
+EXPORT_FILES = {
+    "torchvision": "backbone_torchvision.pth",
+    "timm": "backbone_timm.pth",
+    "detectron2": "backbone.pkl",
+}
 
 
 def _run_export(cfg: DictConfig) -> None:
     fmt = cfg.format or "torchvision"
     out = _out(cfg, "export")
     if out.is_dir() or not out.suffix:
-        out = out / ("backbone_torchvision.pth" if fmt == "torchvision" else "backbone.pkl")
-    if fmt == "torchvision":
-        n = len(export_torchvision(cfg.checkpoint, out, encoder=cfg.encoder))
-    else:
+        out = out / EXPORT_FILES[fmt]
+    if fmt == "detectron2":
         n = len(export_detectron2(cfg.checkpoint, out, encoder=cfg.encoder)["model"])
+    else:
+        export = export_timm if fmt == "timm" else export_torchvision
+        state = export(cfg.checkpoint, out, encoder=cfg.encoder)
+        n = len(state)
+        print(f"architecture={resnet_name(state)}")
     print(f"n_tensors={n}")
     print(f"out={out}")
 
@@ -230,16 +393,28 @@ COMMANDS = {
     ),
     "embed": Command(
         _run_embed,
-        "Euclidean and ball embeddings of whole images",
-        (*IMAGE_KEYS, "format"),
+        "Euclidean and ball embeddings of whole images; plot=true: UMAP/t-SNE + Poincaré disk",
+        (*IMAGE_KEYS, "format", "plot", "map_method", "seed"),
         formats=("npy", "pt"),
+        boxes=False,
+    ),
+    "linear": Command(
+        _run_linear,
+        "linear classifier on frozen backbone features; prints top1=, top5=",
+        (*EVAL_KEYS, "epochs", "optimizer", "lr", "weight_decay", "progress_bar"),
+        boxes=False,
+    ),
+    "knn": Command(
+        _run_knn,
+        "weighted kNN on frozen backbone features; prints top1=, top5=",
+        (*EVAL_KEYS, "k", "temperature"),
         boxes=False,
     ),
     "export": Command(
         _run_export,
-        "backbone weights for torchvision or detectron2 (no data needed)",
+        "backbone weights for torchvision, timm or detectron2 (no data needed)",
         ("checkpoint", "model_class", "out", "format", "encoder"),
-        formats=("torchvision", "detectron2"),
+        formats=("torchvision", "timm", "detectron2"),
         images=False,
     ),
 }
@@ -260,7 +435,11 @@ def _check(cfg: DictConfig, command: Command) -> None:
     if "format" in command.keys and require(cfg, "format") is not None:
         check_choice(cfg, "format", command.formats, f"null means {command.formats[0]}")
     if "encoder" in command.keys:
-        check_choice(cfg, "encoder", ("online", "momentum"), "encoder exported")
+        check_choice(cfg, "encoder", ("online", "momentum"), "encoder used")
+    if "map_method" in command.keys:
+        check_choice(cfg, "map_method", MAP_METHODS, "2-D map of plot=true")
+    if "optimizer" in command.keys:
+        check_choice(cfg, "optimizer", OPTIMIZERS, KEYS["optimizer"])
     if not command.images:
         return
     for key, (low, nullable) in INTEGER_KEYS.items():
@@ -268,6 +447,11 @@ def _check(cfg: DictConfig, command: Command) -> None:
             continue
         allowed = f">= {low}" + (" or null" if nullable else "")
         check_number(cfg, key, allowed, lambda v, low=low: v >= low, integer=True)
+    for key, (allowed, ok) in FLOAT_KEYS.items():
+        if key in command.keys:
+            check_number(cfg, key, allowed, ok)
+    if "val_dir" in command.keys:
+        check_path(cfg, "val_dir", directory=True, optional=True)
     check_number(cfg, "min_box_size", ">= 0", lambda v: v >= 0)
     try:
         resolve_device(str(require(cfg, "device")))
@@ -339,6 +523,9 @@ def _usage() -> str:
         f"  {PROG} out-of-context checkpoint=CKPT data.synthetic.contexts=true "
         "data.synthetic.ooc_fraction=0.2",
         f"  {PROG} embed checkpoint=CKPT data=folder data.image_dir=DIR format=pt",
+        f"  {PROG} embed checkpoint=CKPT plot=true",
+        f"  {PROG} linear checkpoint=CKPT data=coco data.image_dir=DIR data.ann_file=FILE",
+        f"  {PROG} knn checkpoint=CKPT data=folder data.image_dir=ROOT k=20",
         f"  {PROG} export checkpoint=CKPT format=detectron2 out=r50.pkl",
         "",
         f"'{PROG} COMMAND --help' lists the command's keys and their defaults.",

@@ -320,8 +320,12 @@ def embed_dataset(
     batch_size: int = 64,
     num_workers: int = 0,
     fmt: str = "npy",
+    plot: bool = False,
+    map_method: str = "auto",
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Writes whole-image embeddings of ``images`` to ``out_dir``.
+    """Writes whole-image embeddings of ``images`` to ``out_dir`` (and, with ``plot``,
+    the pictures of :func:`plot_embeddings`).
 
     Files (``fmt="npy"``): ``features.npy`` (N, F) backbone features of the online
     encoder, ``ball.npy`` (N, D) Poincaré points, ``norms.npy`` (N,) ball norms as a
@@ -330,7 +334,8 @@ def embed_dataset(
     ``embeddings.pt`` dict with the same entries (``files`` a list) instead of the arrays.
 
     Returns:
-        The summary written to ``meta.json``.
+        The summary written to ``meta.json`` (with ``plot``: also ``map_method`` and
+        ``plots``, the PNG files).
     """
     if fmt not in ("npy", "pt"):
         raise ValueError(f"fmt must be 'npy' or 'pt', got {fmt!r}")
@@ -370,5 +375,101 @@ def embed_dataset(
             },
             out_dir / "embeddings.pt",
         )
+    if plot:
+        meta.update(
+            plot_embeddings(
+                model,
+                images,
+                result,
+                out_dir,
+                image_size,
+                batch_size,
+                num_workers,
+                map_method,
+                seed,
+            )
+        )
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def _folder_class(file_name: str) -> str:
+    """Class of an image of a folder: its first sub-folder (ImageFolder layout)."""
+    parts = Path(file_name).parts
+    return parts[0] if len(parts) > 1 else "images"
+
+
+def plot_embeddings(
+    model: pl.LightningModule,
+    images: Sequence[AnnotatedImage],
+    scenes: dict[str, np.ndarray],
+    out_dir: Path,
+    image_size: int = 224,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    map_method: str = "auto",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Draws ``map.png`` and ``poincare_disk.png`` into ``out_dir``.
+
+    With object boxes (e.g. :func:`read_coco`), the points are the objects, cropped and
+    embedded by the key encoder as in training, coloured by category and ringed when
+    flagged ``out_of_context``: ``map.png`` is the 2-D map (:func:`~hcl_lightning.
+    analysis.plots.map_2d`, UMAP or t-SNE) of their backbone features,
+    ``poincare_disk.png`` their ball points with the whole images (``scenes``, the
+    :func:`embed_images` result) as grey crosses, projected together by
+    :func:`~hcl_lightning.analysis.plots.disk_projection` (norms kept) onto the principal
+    axes of the objects' directions. Without boxes
+    the points are the whole images, coloured by their sub-folder (the ImageFolder
+    class). Unreadable images and crops are left out.
+
+    Returns:
+        ``{"map_method": "umap" | "tsne", "plots": [map.png, poincare_disk.png]}``.
+    """
+    from hcl_lightning.analysis.plots import disk_projection, map_2d, plot_disk, plot_map
+
+    c = curvature_of(model)
+    with_boxes = [im for im in images if im.n_objects]
+    scene_ball = scenes["ball"][scenes["ok"]]
+    if with_boxes:
+        items = [(im.path, tuple(map(float, box))) for im in with_boxes for box in im.boxes]
+        points = embed_crops(model, items, image_size, batch_size, "key", num_workers, True)
+        classes = [name or "?" for im in with_boxes for name in im.category_names]
+        flags = [im.out_of_context for im in with_boxes]
+        ooc = (
+            None
+            if all(f is None for f in flags)
+            else np.concatenate(
+                [
+                    f if f is not None else np.zeros(im.n_objects, np.int64)
+                    for f, im in zip(flags, with_boxes, strict=True)
+                ]
+            )
+        )
+        what = "objects"
+    else:
+        points = scenes
+        classes = [_folder_class(im.file_name) for im in images]
+        ooc, what = None, "images"
+    ok = points["ok"]
+    classes = [name for name, keep in zip(classes, ok, strict=True) if keep]
+    ooc = None if ooc is None else ooc[ok]
+    coords, method = map_2d(points["features"][ok], map_method, seed)
+    name = "UMAP" if method == "umap" else "t-SNE"
+    plots = [
+        plot_map(coords, classes, out_dir / "map.png", f"{name} of backbone features ({what})", ooc)
+    ]
+    ball = points["ball"][ok]
+    others = scene_ball if with_boxes else np.zeros((0, ball.shape[1]), ball.dtype)
+    disk = disk_projection(np.concatenate([ball, others]), c, reference=ball)
+    plots.append(
+        plot_disk(
+            disk[: len(ball)],
+            classes,
+            out_dir / "poincare_disk.png",
+            f"Poincaré disk, c = {c:.3g} (norm / radius kept)",
+            ooc,
+            scenes=disk[len(ball) :] if with_boxes else None,
+        )
+    )
+    return {"map_method": method, "plots": [str(path) for path in plots]}

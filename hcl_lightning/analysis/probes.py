@@ -5,8 +5,9 @@ by what a small classifier can read from its frozen features, and judges a corre
 or an AUROC against the band it would fall in by chance. These functions work on
 feature arrays, so they serve any encoder:
 
-- :func:`knn_top1`: weighted kNN (lightly's :func:`~lightly.utils.benchmarking.knn_predict`
-  on L2-normalised features, the protocol of InstDisc/MoCo);
+- :func:`knn_accuracy` (top-1/top-5) and :func:`knn_top1`: weighted kNN (lightly's
+  :func:`~lightly.utils.benchmarking.knn_predict` on L2-normalised features, the
+  protocol of InstDisc/MoCo);
 - :func:`linear_probe_top1`: multinomial logistic regression (L-BFGS, L2 penalty) on
   standardised features;
 - :func:`multilabel_map`: one-vs-rest logistic regression for multi-label targets
@@ -28,10 +29,13 @@ from torch.nn import functional as F
 
 __all__ = [
     "average_precision",
+    "knn_accuracy",
     "knn_top1",
     "linear_probe_top1",
     "multilabel_map",
     "permutation_band",
+    "standardise",
+    "topk_accuracy",
 ]
 
 
@@ -51,6 +55,63 @@ def _class_count(train_labels: Tensor, test_y: np.ndarray) -> int:
     return int(max(train_labels.max().item(), int(np.max(test_y))) + 1)
 
 
+def topk_accuracy(
+    ranked: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
+    """``{"top1": ..., "top5": ...}``: the fraction of rows whose target is among the
+    first ``k`` classes of ``ranked`` (N, C), the classes of each row best first.
+
+    ``k`` is capped at C: with fewer than 5 classes, top-5 is 1.
+    """
+    targets = torch.as_tensor(targets).to(ranked.device).view(-1, 1)
+    return {
+        f"top{k}": float((ranked[:, : min(k, ranked.shape[1])] == targets).any(1).float().mean())
+        for k in ks
+    }
+
+
+def knn_accuracy(
+    train_x: np.ndarray | Tensor,
+    train_y: np.ndarray | Tensor,
+    test_x: np.ndarray | Tensor,
+    test_y: np.ndarray | Tensor,
+    k: int = 20,
+    temperature: float = 0.1,
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of a weighted kNN classifier on cosine similarity.
+
+    Each query's ``k`` most similar bank rows (cosine similarity ``s``) vote for their
+    class with weight ``exp(s / temperature)``; classes are ranked by their summed
+    votes (lightly's :func:`~lightly.utils.benchmarking.knn_predict`, as in InstDisc and
+    MoCo's kNN monitor).
+
+    Args:
+        train_x: (N, F) features of the labelled bank.
+        train_y: (N,) integer labels in ``[0, C)``.
+        test_x: (M, F) features to classify.
+        test_y: (M,) their labels.
+        k: neighbours (capped at N).
+        temperature: temperature of the ``exp(s / t)`` vote weights.
+
+    Returns:
+        ``{"top1", "top5"}`` as :func:`topk_accuracy` (top-5 is 1 with < 5 classes).
+    """
+    _check_splits(train_x, train_y, test_x, test_y)
+    bank = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
+    queries = F.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
+    labels = torch.as_tensor(train_y, dtype=torch.long)
+    num_classes = _class_count(labels, np.asarray(test_y))
+    ranked = knn_predict(
+        queries,
+        bank.T.contiguous(),
+        labels,
+        num_classes,
+        knn_k=min(k, len(bank)),
+        knn_t=temperature,
+    )
+    return topk_accuracy(ranked, torch.as_tensor(test_y, dtype=torch.long))
+
+
 def knn_top1(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -59,33 +120,13 @@ def knn_top1(
     k: int = 20,
     temperature: float = 0.1,
 ) -> float:
-    """Top-1 accuracy of a weighted kNN classifier on cosine similarity.
-
-    Args:
-        train_x: (N, F) features of the labelled bank.
-        train_y: (N,) integer labels in ``[0, C)``.
-        test_x: (M, F) features to classify.
-        test_y: (M,) their labels.
-        k: neighbours (capped at N).
-        temperature: temperature of the ``exp(sim / t)`` vote weights.
-    """
-    _check_splits(train_x, train_y, test_x, test_y)
-    bank = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
-    queries = F.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
-    labels = torch.as_tensor(train_y, dtype=torch.long)
-    num_classes = _class_count(labels, test_y)
-    pred = knn_predict(
-        queries,
-        bank.T.contiguous(),
-        labels,
-        num_classes,
-        knn_k=min(k, len(bank)),
-        knn_t=temperature,
-    )
-    return float((pred[:, 0].numpy() == np.asarray(test_y)).mean())
+    """Top-1 accuracy of :func:`knn_accuracy`."""
+    return knn_accuracy(train_x, train_y, test_x, test_y, k, temperature)["top1"]
 
 
-def _standardise(train_x: np.ndarray, test_x: np.ndarray) -> tuple[Tensor, Tensor]:
+def standardise(train_x: np.ndarray | Tensor, test_x: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:
+    """Both arrays as float64 tensors, standardised by ``train_x``'s per-feature mean and
+    standard deviation (floored at 1e-6)."""
     train = torch.as_tensor(train_x, dtype=torch.float64)
     test = torch.as_tensor(test_x, dtype=torch.float64)
     mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
@@ -131,7 +172,7 @@ def linear_probe_top1(
 ) -> float:
     """Top-1 accuracy of a multinomial logistic regression on standardised features."""
     _check_splits(train_x, train_y, test_x, test_y)
-    train, test = _standardise(train_x, test_x)
+    train, test = standardise(train_x, test_x)
     labels = torch.as_tensor(train_y, dtype=torch.long)
     n_classes = _class_count(labels, test_y)
     weight, bias = _fit_linear(
@@ -174,7 +215,7 @@ def multilabel_map(
             out of the mean.
     """
     _check_splits(train_x, train_y, test_x, test_y)
-    train, test = _standardise(train_x, test_x)
+    train, test = standardise(train_x, test_x)
     targets = torch.as_tensor(np.asarray(train_y), dtype=torch.float64)
     weight, bias = _fit_linear(
         train,

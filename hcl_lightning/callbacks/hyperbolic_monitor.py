@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from lightly.utils import dist
+from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
@@ -52,7 +53,13 @@ class HyperbolicMonitor(pl.Callback):
       ceiling of the pairing on the current data (``class_ceiling_loss`` /
       ``class_ceiling_top1``, :func:`~hcl_lightning.hyperbolic.pairing.class_level_ceiling`).
       The negatives are the queue as the step's loss saw it (copied before the step);
-      the classes of the queued keys are mirrored from every step's ``labels``.
+      the classes of the queued keys are mirrored from every step's ``labels`` (rows
+      not written since the fit began, such as the initial random rows, count as
+      unknown: no class matches them). Not logged while ``hcl_lambda`` is 0;
+    * with ``histograms``, ``{prefix}/scene_norm_hist`` and ``{prefix}/object_norm_hist``:
+      the whole distributions of those norm fractions, to the loggers that draw
+      histograms (Weights & Biases: a ``wandb.Histogram`` at the same row;
+      TensorBoard: ``add_histogram``); other loggers (CSV) get none.
 
     The embeddings are ``pl_module.hcl_last_embeddings`` of this step when the module
     stores them, else ``pl_module.hcl_embed(batch)`` under ``no_grad`` with the BatchNorm
@@ -69,6 +76,7 @@ class HyperbolicMonitor(pl.Callback):
         prefix: metric name prefix.
         pairing: also log the pairing statistics.
         pairing_prefix: metric name prefix of the pairing statistics.
+        histograms: also log the norm histograms.
 
     Raises:
         ValueError: for an argument out of range.
@@ -86,6 +94,7 @@ class HyperbolicMonitor(pl.Callback):
         prefix: str = "train/ball",
         pairing: bool = True,
         pairing_prefix: str = "train/pairing",
+        histograms: bool = True,
     ) -> None:
         super().__init__()
         if every_n_steps < 1:
@@ -100,6 +109,7 @@ class HyperbolicMonitor(pl.Callback):
         self.prefix = prefix
         self.pairing = bool(pairing)
         self.pairing_prefix = pairing_prefix
+        self.histograms = bool(histograms)
         self._last_step: int | None = None
         self._warned = False
         self._queue_labels: Tensor | None = None  # class of each queued key, -1 unknown
@@ -176,6 +186,8 @@ class HyperbolicMonitor(pl.Callback):
         row = trainer.fit_loop.epoch_loop._batches_that_stepped  # the row of Lightning's logs
         for logger in trainer.loggers:
             logger.log_metrics(values, step=row)
+        if self.histograms and trainer.is_global_zero:
+            self.log_histograms(trainer.loggers, pl_module, query, key, row)
         boundary = float(metrics[f"{self.prefix}/boundary_fraction"])
         if boundary > self.boundary_warn and not self._warned:
             self._warned = True
@@ -227,8 +239,8 @@ class HyperbolicMonitor(pl.Callback):
     ) -> dict[str, Tensor]:
         """Pairing statistics of this step's scenes and objects (see the class docstring)."""
         criterion = getattr(pl_module, "hcl_criterion", None)
-        if criterion is None:
-            return {}
+        if criterion is None or getattr(pl_module, "hcl_lambda", None) == 0:
+            return {}  # at λ = 0 no loss is computed and the queue stays as initialised
         queue = self._queue(pl_module)
         negatives = negative_labels = None
         if queue is not None:
@@ -274,6 +286,32 @@ class HyperbolicMonitor(pl.Callback):
                     for name, value in buffers.items():
                         getattr(module, name).copy_(value)
         return query.detach(), key.detach()
+
+    def log_histograms(
+        self,
+        loggers: Sequence[Logger],
+        pl_module: pl.LightningModule,
+        query: Tensor,
+        key: Tensor,
+        step: int,
+    ) -> None:
+        """The scene (``query``) and object (``key``) norm fractions as histograms, to the
+        ``loggers`` that draw them (W&B, TensorBoard), at ``step``."""
+        curvature = pl_module.hcl_head.curvature.detach()
+        hists = {
+            f"{self.prefix}/{name}_norm_hist": ball_norm_fraction(x, curvature).float().cpu()
+            for name, x in (("scene", query), ("object", key))
+        }
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                logger.log_metrics(
+                    {tag: wandb.Histogram(v.numpy()) for tag, v in hists.items()}, step=step
+                )
+            elif isinstance(logger, TensorBoardLogger):
+                for tag, values in hists.items():
+                    logger.experiment.add_histogram(tag, values, global_step=step)
 
     def compute_metrics(
         self, pl_module: pl.LightningModule, query: Tensor, key: Tensor

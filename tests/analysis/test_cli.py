@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from hcl_lightning.analysis import auroc, read_coco
@@ -20,18 +21,6 @@ from hcl_lightning.analysis.embed import AnnotatedImage
 from hcl_lightning.analysis.norms import GROUP_COLUMNS, NORM_COLUMNS, random_scene_crops
 from hcl_lightning.analysis.out_of_context import OOC_COLUMNS
 from tests.helpers import N_IMAGES
-
-
-@pytest.fixture(scope="module")
-def ooc_ann_file(tiny_fit, tmp_path_factory) -> Path:
-    """The synthetic annotations with every 4th object flagged out of context."""
-    data = json.loads(tiny_fit.ann_file.read_text())
-    for i, ann in enumerate(data["annotations"]):
-        if i % 4 == 0:
-            ann["out_of_context"] = 1
-    path = tmp_path_factory.mktemp("ooc") / "annotations_ooc.json"
-    path.write_text(json.dumps(data))
-    return path
 
 
 def common(tiny_fit, out: Path, ann_file: Path | None = None) -> list[str]:
@@ -166,6 +155,15 @@ def test_export_command(tiny_fit, tmp_path, capsys):
     )
     assert Path(printed["out"]) == tmp_path / "backbone.pkl"
     assert (tmp_path / "backbone.pkl").is_file()
+    printed = run(
+        ["export", f"checkpoint={tiny_fit.checkpoint}", f"out={tmp_path}", "format=timm"],
+        capsys,
+    )
+    assert Path(printed["out"]) == tmp_path / "backbone_timm.pth"
+    assert printed["architecture"] == "resnet18"
+    model = timm.create_model(printed["architecture"], pretrained=False)
+    result = model.load_state_dict(torch.load(printed["out"]), strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
 
 
 def test_missing_checkpoint_is_an_error(tiny_fit, tmp_path, capsys):
@@ -349,7 +347,7 @@ def test_help_lists_commands_keys_and_defaults(capsys):
     assert "grid_images" not in out
     assert main(["export", "data=coco", "-h"]) == 0
     out = capsys.readouterr().out
-    assert "format=null" in out and "torchvision | detectron2" in out and "data." not in out
+    assert "format=null" in out and "torchvision | timm | detectron2" in out and "data." not in out
     assert main([]) == 2 and "usage:" in capsys.readouterr().err
 
 

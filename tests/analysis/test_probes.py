@@ -9,6 +9,7 @@ from scipy import stats
 from hcl_lightning.analysis.out_of_context import auroc
 from hcl_lightning.analysis.probes import (
     average_precision,
+    knn_accuracy,
     knn_top1,
     linear_probe_top1,
     multilabel_map,
@@ -45,6 +46,33 @@ def test_knn_matches_brute_force_reference() -> None:
         expected
     )
     assert 0.3 < expected < 1.0  # the data is neither trivial nor hopeless
+
+
+# Bank of 7 points on the unit circle (b0 scaled by 5: the vote uses cosines) and their
+# classes; the query q = (0.8, 0.6) has cosines 0.8, 1, 0.96, 0.6, -0.8, -0.96, 0 to them.
+KNN_BANK = np.array(
+    [[5.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0], [-0.6, -0.8], [0.6, -0.8]]
+)
+KNN_CLASSES = np.array([0, 1, 0, 2, 3, 4, 5])
+KNN_QUERY = np.array([[0.8, 0.6]])
+
+
+def test_knn_accuracy_by_hand() -> None:
+    def acc(targets, k, t):
+        queries = np.repeat(KNN_QUERY, len(targets), axis=0)
+        return knn_accuracy(KNN_BANK, KNN_CLASSES, queries, np.array(targets), k, t)
+
+    # k=3: neighbours b1 (cos 1, class 1), b2 (0.96, class 0), b0 (0.8, class 0).
+    # t=0.1: class 1 gets e^10 = 22026, class 0 e^9.6 + e^8 = 17746: class 1 first.
+    assert acc([0], k=3, t=0.1)["top1"] == 0.0
+    # t=1: class 1 gets e^1 = 2.72, class 0 e^0.96 + e^0.8 = 4.84: class 0 first.
+    assert acc([0], k=3, t=1.0)["top1"] == 1.0
+    # k=7, t=1: every class votes; ranked 0 (4.84), 1 (2.72), 2 (e^0.6 = 1.82),
+    # 5 (e^0 = 1), 3 (e^-0.8 = 0.45), 4 (e^-0.96 = 0.38): class 3 is 5th, class 4 6th.
+    result = acc([0, 3, 4], k=7, t=1.0)
+    assert result["top1"] == pytest.approx(1 / 3)
+    assert result["top5"] == pytest.approx(2 / 3)
+    assert knn_top1(KNN_BANK, KNN_CLASSES, KNN_QUERY, np.array([1]), 3, 0.1) == 1.0
 
 
 def test_linear_probe_separates_and_fails_on_noise() -> None:

@@ -1,4 +1,5 @@
-"""HyperbolicMonitor: logged ball statistics (CSV, TensorBoard), boundary warning; it only observes."""
+"""HyperbolicMonitor: logged ball statistics (CSV, TensorBoard scalars and histograms),
+boundary warning; it only observes."""
 
 from __future__ import annotations
 
@@ -57,6 +58,14 @@ def test_monitor_writes_pairing_statistics(tiny_fit):
     assert stats["chance_top1"] <= stats["class_ceiling_top1"] <= 1
 
 
+def test_no_pairing_statistics_at_lambda_zero():
+    """λ = 0 computes no loss and leaves the queue as initialised: nothing to read."""
+    model = HCLMoCoV2(backbone="resnet18", small_input=True, hcl_queue_size=6, hcl_lambda=0.0)
+    points = torch.zeros(2, model.hcl_head.output_dim)
+    monitor = HyperbolicMonitor()
+    assert monitor.compute_pairing_metrics(model, {"labels": None}, points, points) == {}
+
+
 def test_monitor_mirrors_the_queue_classes():
     """The classes of queued keys follow the queue's pointer, wrapping around its end."""
     model = HCLMoCoV2(backbone="resnet18", small_input=True, hcl_queue_size=6, hcl_dim=8)
@@ -78,6 +87,11 @@ def test_monitor_writes_to_tensorboard(tiny_fit):
     tags = events.Tags()["scalars"]
     assert f"{P}/scene_norm_p50" in tags
     assert [e.step for e in events.Scalars(f"{P}/scene_norm_p50")] == [EVERY - 1]
+    for who in ("scene", "object"):  # the whole distribution: one norm per crop of the batch
+        (event,) = events.Histograms(f"{P}/{who}_norm_hist")
+        assert event.step == EVERY - 1
+        hist = event.histogram_value
+        assert hist.num == TINY_HCL["batch_size"] and 0 <= hist.min <= hist.max < 1
 
 
 class RecordingLogger:
@@ -99,6 +113,7 @@ def fake_run(points: tuple[torch.Tensor, torch.Tensor], step: int = 4, learn_cur
     logger = RecordingLogger()
     trainer = SimpleNamespace(
         global_step=step,
+        is_global_zero=True,
         loggers=[logger],
         fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=step - 1)),
     )
