@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import warnings
 
 __all__ = ["LIBRARY_LOGGERS", "UNACTIONABLE", "log_to_root", "logger", "quiet_startup"]
@@ -30,21 +29,20 @@ UNACTIONABLE = (
 )
 
 
-class _Stdout(logging.StreamHandler):
-    """A handler writing plain messages to the *current* ``sys.stdout`` (so that
-    redirections made after import, e.g. pytest's capture, see them)."""
+class _Stdout(logging.Handler):
+    """A handler printing plain messages to the *current* ``sys.stdout``, as ``print``
+    does (so that redirections made after import, e.g. pytest's capture or W&B's
+    console capture, see them as printed lines)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.setFormatter(logging.Formatter("%(message)s"))
 
-    @property
-    def stream(self):  # noqa: D102
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), flush=True)
+        except Exception:  # noqa: BLE001  logging's convention: report, never raise
+            self.handleError(record)
 
 
 logger = logging.getLogger("hcl_lightning")
