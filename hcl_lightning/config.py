@@ -13,14 +13,17 @@ here: missing keys, paths, Lightning's trainer values and combinations across gr
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import re
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
 import hydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from lightning_fabric.connector import _PRECISION_INPUT
@@ -35,9 +38,11 @@ from hcl_lightning.data.synthetic import check_context_args
 from hcl_lightning.mixin import HCLMixin, check_batched_forward, check_hcl_arguments
 
 __all__ = [
+    "PROJECT_GROUPS",
     "ConfigError",
     "check_choice",
     "check_number",
+    "check_overrides",
     "check_path",
     "check_synthetic_node",
     "constructor_errors",
@@ -62,12 +67,25 @@ HCL_DEFAULTS = {
 BASELINE_ARGUMENTS = ("lr", "momentum", "weight_decay", "temperature", "queue_size")
 #: Option groups of ``data`` (instantiated from their ``_target_`` to check them).
 DATA_GROUPS = ("crops", "boxes", "images", "loader", "validation")
+#: Integer keys of ``trainer`` (when set) and their smallest values (-1: no limit).
+TRAINER_INTEGERS = {
+    "max_steps": -1,
+    "max_epochs": -1,
+    "min_steps": 0,
+    "log_every_n_steps": 1,
+    "accumulate_grad_batches": 1,
+}
 #: Former keys, mapped by :func:`map_legacy_keys`: old key -> new key.
 LEGACY_KEYS = {
     "callbacks.hyperbolic_monitor.lambda_warmup_steps": "callbacks.lambda_warmup.warmup_steps",
     "callbacks.hyperbolic_monitor.target_lambda": "callbacks.lambda_warmup.target_lambda",
     "model.hcl_head": "model.hcl_head_mode",
 }
+
+
+#: The project's own config groups: a key added to them with ``+`` is refused unless the
+#: constructor fed from that node takes it as an argument.
+PROJECT_GROUPS = ("hcl", "model", "data")
 
 
 class ConfigError(ValueError):
@@ -178,6 +196,109 @@ def _arguments(cfg: DictConfig, node: str, names: Iterable[str]) -> dict[str, An
     """The values of ``names`` present in ``node`` (each via :func:`require`)."""
     parent = OmegaConf.select(cfg, node)
     return {name: require(cfg, f"{node}.{name}") for name in names if name in parent}
+
+
+# -- command-line overrides -----------------------------------------------------------
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of ``node`` (a container), nodes and leaves, without ``hydra``."""
+    keys = []
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if dotted == "hydra":
+            continue
+        keys.append(dotted)
+        if isinstance(value, dict):
+            keys += _leaf_keys(value, f"{dotted}.")
+    return keys
+
+
+def _did_you_mean(key: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest candidate as deep as ``key``, or ``""``."""
+    depth = key.count(".")
+    peers = [c for c in candidates if c.count(".") == depth]
+    close = difflib.get_close_matches(key, peers, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _arguments_taken(target: str) -> set[str]:
+    """Keyword arguments of the ``__init__`` methods along the MRO of class ``target``."""
+    try:
+        cls = get_class(target)
+    except (ImportError, ValueError):
+        return set()
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            with contextlib.suppress(TypeError, ValueError):
+                names |= set(inspect.signature(klass.__init__).parameters)
+    return names - {"self", "args", "kwargs"}
+
+
+def _reader_takes(cfg: dict, key: str) -> bool:
+    """Whether the nearest node above ``key`` with a ``_target_`` takes the key's last
+    part as an argument (so that adding it with ``+`` has an effect)."""
+    parts = key.split(".")
+    node: Any = cfg
+    nearest = None
+    for depth, part in enumerate(parts[:-1]):
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return False
+        if "_target_" in node:
+            nearest = (depth, str(node["_target_"]))
+    if nearest is None or nearest[0] != len(parts) - 2:  # the key must be the node's own
+        return False
+    return parts[-1] in _arguments_taken(nearest[1])
+
+
+def _first_choice(override: Override) -> str:
+    """A group override as one choice (the first of a sweep), e.g. ``model=densecl``."""
+    if override.is_sweep_override():
+        return f"{override.key_or_group}={next(iter(override.sweep_string_iterator()))}"
+    return override.input_line
+
+
+def check_overrides(overrides: Sequence[str], groups: Iterable[str], compose) -> None:
+    """Raises :class:`ConfigError` (one line) for a command-line override that would be
+    silently ignored or that Hydra would reject with a long message:
+
+    - a key the composed config does not have: ``unknown key 'hcl.lamda'; did you mean
+      'hcl.lam'?``;
+    - a key *added* with ``+``/``++`` to :data:`PROJECT_GROUPS` that nothing reads: one
+      that is not an argument of the constructor of the node it is added to (``hcl``
+      has none; former keys of :data:`LEGACY_KEYS` are still taken).
+
+    ``hydra.*`` keys and key deletions (``~key``) are left to Hydra.
+
+    Args:
+        overrides: the command line's ``key=value`` arguments.
+        groups: the config groups (``model``, ``data``, ...): their overrides choose.
+        compose: ``compose(overrides) -> DictConfig``, the config for group overrides.
+    """
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as error:  # Hydra's OverrideParseException, with a long message
+        raise ConfigError(" ".join(str(error).split())) from None
+    groups = set(groups)
+    chooses = [o for o in parsed if o.key_or_group.split("/")[0] in groups]
+    chosen = [_first_choice(o) for o in chooses if not o.key_or_group.startswith("hydra")]
+    cfg = OmegaConf.to_container(compose(chosen), resolve=False)
+    known = _leaf_keys(cfg)
+    for override in parsed:
+        key = override.key_or_group
+        if override in chooses or key.startswith("hydra"):
+            continue
+        if override.type == OverrideType.DEL or key in LEGACY_KEYS:
+            continue
+        if override.type == OverrideType.CHANGE and key not in known:
+            raise ConfigError(f"unknown key {key!r}{_did_you_mean(key, known)}")
+        adds = override.type in (OverrideType.ADD, OverrideType.FORCE_ADD)
+        if adds and key.split(".")[0] in PROJECT_GROUPS and key not in known:
+            if not _reader_takes(cfg, key):
+                raise ConfigError(
+                    f"unknown key {key!r}{_did_you_mean(key, known)} (+{key} adds a key "
+                    f"that nothing in the {key.split('.')[0]} group reads)"
+                )
 
 
 # -- the config ---------------------------------------------------------------------
@@ -336,9 +457,11 @@ def _check_callbacks(cfg: DictConfig) -> None:
 
 
 def _check_trainer(cfg: DictConfig) -> None:
-    """Lightning's ``precision`` values and ``accumulate_grad_batches``."""
-    if OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=None) is not None:
-        check_number(cfg, "trainer.accumulate_grad_batches", ">= 1", lambda v: v >= 1, integer=True)
+    """Lightning's ``precision`` values and the integer keys of :data:`TRAINER_INTEGERS`."""
+    for name, low in TRAINER_INTEGERS.items():
+        if OmegaConf.select(cfg, f"trainer.{name}", default=None) is not None:
+            ok = lambda v, low=low: v >= low  # noqa: E731
+            check_number(cfg, f"trainer.{name}", f">= {low}", ok, integer=True)
     precision = OmegaConf.select(cfg, "trainer.precision", default=None)
     if precision is not None and precision not in PRECISIONS:
         raise ConfigError(

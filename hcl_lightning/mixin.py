@@ -20,10 +20,13 @@ __all__ = [
     "HCLMixin",
     "HEAD_MODES",
     "KEY_BATCHNORM_MODES",
+    "MODEL_KEY",
     "check_batched_forward",
     "check_hcl_arguments",
 ]
 
+#: Checkpoint key of what rebuilds an HCL module (see ``HCLMixin.on_save_checkpoint``).
+MODEL_KEY = "hcl_model"
 #: ``hcl_head_mode`` values: reuse the baseline's projection head, or an MLP of our own.
 HEAD_MODES = ("shared", "separate")
 #: ``hcl_key_batchnorm`` values: BatchNorm of the object keys with running statistics,
@@ -219,8 +222,10 @@ class HCLMixin:
                 stacklevel=2,
             )
             hcl_head_mode = kwargs.pop("hcl_head")
-        check_hcl_arguments(**{k: v for k, v in locals().items() if k.startswith("hcl_")})
+        hcl_arguments = {k: v for k, v in locals().items() if k.startswith("hcl_")}
+        check_hcl_arguments(**hcl_arguments)
         super().__init__(*args, **kwargs)
+        self._hcl_arguments = hcl_arguments
         check_batched_forward(super(), f"{type(self).__name__}'s baseline", hcl_batched_forward)
         self.hcl_batched_forward = hcl_batched_forward
         self.hcl_key_batchnorm = hcl_key_batchnorm
@@ -246,6 +251,21 @@ class HCLMixin:
         self.hcl_learn_curvature = hcl_learn_curvature
         #: Detached (scene, object) ball points of the last training step, for monitors.
         self.hcl_last_embeddings: tuple[Tensor, Tensor] | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Records what rebuilds this module: ``checkpoint["hcl_model"]`` =
+        ``{"class": "package.module.Class", "hcl_arguments": {"hcl_lambda": ..., ...}}``.
+
+        With it, :func:`~hcl_lightning.analysis.load_model` (and ``hcl-analyze``) rebuild
+        any HCL module, shipped or a user's subclass, without being told its class; the
+        baseline's own arguments come from its saved hyperparameters, as in Lightning.
+        """
+        super().on_save_checkpoint(checkpoint)
+        cls = type(self)
+        checkpoint[MODEL_KEY] = {
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "hcl_arguments": dict(self._hcl_arguments),
+        }
 
     # -- encoders (override for modules that are not named the lightly way) ---------
     def _hcl_head_dims(self, mode: str, dim: int) -> tuple[int, int | None, int | None]:

@@ -27,6 +27,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
+from hydra.experimental.callback import Callback as HydraCallback
 from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
@@ -223,8 +224,23 @@ def compose_config(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+class RecordReturnValue(HydraCallback):
+    """A Hydra callback writing each job's return value (what a sweeper optimises) to
+    ``<job dir>/return_value.txt``."""
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        out = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
+        (out / "return_value.txt").write_text(repr(job_return.return_value))
+
+
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 120, full_error: bool = False
+) -> subprocess.CompletedProcess:
+    """``python -m hcl_lightning.train ARGS`` in ``cwd`` (warnings shown; ``tests``
+    importable, e.g. for :class:`RecordReturnValue`; ``HYDRA_FULL_ERROR`` as asked)."""
+    path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "HYDRA_FULL_ERROR": str(int(full_error)), "PYTHONPATH": path}
+    env.pop("PYTHONWARNINGS", None)
     return subprocess.run(
         [sys.executable, "-m", "hcl_lightning.train", *args],
         cwd=cwd,

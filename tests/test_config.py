@@ -8,7 +8,7 @@ from typing import get_args
 
 import pytest
 
-from hcl_lightning.config import ConfigError, validate_config
+from hcl_lightning.config import ConfigError, check_overrides, validate_config
 from tests.helpers import compose_config, tiny_overrides
 
 
@@ -134,3 +134,38 @@ def test_precisions_are_lightnings() -> None:
     from hcl_lightning.config import PRECISIONS
 
     assert set(get_args(_PRECISION_INPUT_STR)) <= set(PRECISIONS)
+
+
+GROUPS = ("model", "data", "trainer", "hcl", "callbacks", "logger", "preset", "preset_model")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["hcl.lam=0.5", "model=densecl", "model.dense_lambda=0.3", "data=coco"],
+        ["hcl.lam=0,0.1", "model=orl,densecl", "model.pred_hidden_dim=64"],  # a sweep
+        ["+trainer.enable_model_summary=false", "~callbacks.online_probes"],
+        ["data=coco", "+data.validation.fraction=0.1"],  # a ValidationOptions argument
+        ["+model.hcl_head=separate"],  # a former key, mapped by validate_config
+        ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.run.dir=x"],
+    ],
+)
+def test_overrides_that_something_reads_pass(overrides) -> None:
+    check_overrides(overrides, GROUPS, compose_config)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=orl", "model.queue_size=16"], "unknown key 'model.queue_size'"),
+        (["++hcl.tau_=0.1"], "unknown key 'hcl.tau_'; did you mean 'hcl.tau'?"),
+        (["+model.lamda=0.1"], r"\+model.lamda adds a key that nothing in the model group"),
+        (["+data.images.max_bad=0.1"], "did you mean 'data.images.max_bad_fraction'"),
+        (["+data.scene_sise=32"], r"did you mean 'data.scene_size'\? \(\+data.scene_sise adds"),
+        (["hcl.lam=(0"], "hcl.lam="),  # Hydra's parse error, in one line
+    ],
+)
+def test_overrides_nothing_reads_are_refused(overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        check_overrides(overrides, GROUPS, compose_config)
+    assert "\n" not in str(info.value)

@@ -7,11 +7,15 @@ import re
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_module
 from hydra.errors import MissingConfigException
 
 from hcl_lightning.config import ConfigError, validate_config
 from hcl_lightning.train import train
-from tests.helpers import compose_config, run_cli, tiny_overrides
+from tests.helpers import compose_config, read_csv, run_cli, tiny_overrides
+
+#: The online probes' val/knn_top1 within a 2-step run: probe steps 1 and 2, validation at 2.
+VALIDATE = ("callbacks.online_probes.every_n_steps=1", "+trainer.val_check_interval=2")
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +43,7 @@ def test_default_config_composes(tmp_path: Path) -> None:
 
 def test_train_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     overrides = [*tiny_overrides(tmp_path), "callbacks.hyperbolic_monitor.every_n_steps=2"]
-    cfg = compose_config([*overrides, f"output_dir={tmp_path / 'run'}"])
+    cfg = compose_config([*overrides, *VALIDATE, f"output_dir={tmp_path / 'run'}"])
     summary = train(cfg)
 
     # the pairing of the monitor's last step, read against chance and the class ceiling
@@ -52,7 +56,7 @@ def test_train_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
     for key in ("loss_euc", "loss_hyp", "hyp_acc1", "norm_scene", "norm_object", "loss_total"):
         assert math.isfinite(summary[key]), key
-    assert summary["objective"] == summary["loss_total"]
+    assert summary["objective"] == summary["val_knn_top1"]  # objective: val/knn_top1
     assert summary["global_step"] == 2
     checkpoint = Path(summary["checkpoint"])
     assert checkpoint.is_absolute() and checkpoint.is_file()
@@ -60,6 +64,24 @@ def test_train_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (Path(summary["log_dir"]) / "metrics.csv").is_file()
     assert (tmp_path / "synthetic" / "annotations.json").is_file()
     assert cfg.data.image_dir is None  # the caller's config is left as it was
+
+
+def test_objective_and_its_direction(tmp_path: Path) -> None:
+    for objective, mode, direction in (
+        ("val/knn_top1", "max", "maximize"),  # the default
+        ("val/linear_top1", "max", "maximize"),
+        ("train/loss_total", "min", "minimize"),
+    ):
+        overrides = [f"objective={objective}", "hydra/sweeper=optuna_objective"]
+        with initialize_config_module(config_module="hcl_lightning.conf", version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        assert cfg.objective_mode == cfg.callbacks.model_checkpoint.mode == mode
+        assert cfg.hydra.sweeper.direction == direction
+    assert compose_config([]).objective == "val/knn_top1"
+
+
+def last_logged(metrics_csv: Path, key: str) -> float:
+    return [float(row[key]) for row in read_csv(metrics_csv) if row.get(key)][-1]
 
 
 def test_multirun_jobs_have_own_directories(tmp_path: Path) -> None:
@@ -70,10 +92,13 @@ def test_multirun_jobs_have_own_directories(tmp_path: Path) -> None:
         "hcl.tau=0.1,0.2",
         *tiny_overrides(tmp_path),
         f"hydra.sweep.dir={sweep}",
+        *VALIDATE,
+        "+hydra.callbacks.record._target_=tests.helpers.RecordReturnValue",
         cwd=tmp_path,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Warning" not in result.stderr and "Tip:" not in result.stdout  # quiet start-up
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 4
     assert sorted(p.name.split("_", 1)[0] for p in jobs) == ["0", "1", "2", "3"]
@@ -87,8 +112,16 @@ def test_multirun_jobs_have_own_directories(tmp_path: Path) -> None:
     }
     assert swept == {(f"hcl.lam={lam}", f"hcl.tau={tau}") for lam in (0, 0.1) for tau in (0.1, 0.2)}
     for job in jobs:
-        assert (job / "checkpoints" / "last.ckpt").is_file(), job
+        # one full checkpoint per save point: last.ckpt links to it
+        (saved,) = (p for p in (job / "checkpoints").iterdir() if not p.is_symlink())
+        last = job / "checkpoints" / "last.ckpt"
+        assert last.is_symlink() and last.resolve() == saved.resolve(), job
         assert (job / "csv" / "metrics.csv").is_file(), job
+        # the sweeper gets the job's validation kNN accuracy (objective: val/knn_top1)
+        returned = float((job / "return_value.txt").read_text())
+        assert returned == pytest.approx(last_logged(job / "csv" / "metrics.csv", "val/knn_top1"))
+        log = (job / "train.log").read_text()  # the run's log, timestamped
+        assert "hcl-train: 2 steps" in log and "images unreadable" in log
 
     printed = re.findall(r"^checkpoint=(.+)$", result.stdout, flags=re.MULTILINE)
     assert len(printed) == 4
@@ -98,6 +131,7 @@ def test_multirun_jobs_have_own_directories(tmp_path: Path) -> None:
         assert path.is_absolute() and path.is_relative_to(job), (path, job)
     assert "Restoring states from the checkpoint" not in result.stdout + result.stderr
     assert len(re.findall(r"hcl-train: 2 steps", result.stdout)) == 4
+    assert result.stdout.count("16 images unreadable") == 4  # the data line once per job
 
 
 @pytest.mark.parametrize(
@@ -144,12 +178,44 @@ def test_unknown_model_is_named(tmp_path: Path) -> None:
         compose_config(["model=foo"])
 
 
-def test_cli_reports_config_error(tmp_path: Path) -> None:
-    result = run_cli("hcl.tau=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "hcl.tau=0: must be a finite number > 0" in result.stderr
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("hcl.tau=0", "hcl.tau=0: must be a finite number > 0"),
+        ("trainer.max_steps=abc", "trainer.max_steps='abc': must be an integer >= -1"),
+        ("data.batch_size=-1", "data.batch_size=-1: must be an integer >= 1"),
+        ("hcl.lamda=0.1", "unknown key 'hcl.lamda'; did you mean 'hcl.lam'?"),
+        (
+            "+hcl.lamda=0.1",
+            "unknown key 'hcl.lamda'; did you mean 'hcl.lam'? (+hcl.lamda adds a key that "
+            "nothing in the hcl group reads)",
+        ),
+    ],
+)
+def test_cli_fails_in_one_line_before_anything_is_built(
+    tmp_path: Path, override: str, line: str
+) -> None:
+    result = run_cli(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"hcl-train: error: {line}"]  # no traceback
     assert not (tmp_path / "run" / "checkpoints").exists()
-    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "cache").exists()  # no data generated
+
+
+def test_cli_error_traceback_on_request_and_help(tmp_path: Path) -> None:
+    result = run_cli(
+        "hcl.tau=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, full_error=True
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    assert "ConfigError: hcl.tau=0: must be a finite number > 0" in result.stderr
+
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0 and not result.stderr
+    assert re.search(r"^  model +densecl, moco_v2\*, orl$", result.stdout, flags=re.MULTILINE)
+    assert re.search(r"^  data +coco, folder, synthetic\*$", result.stdout, flags=re.MULTILINE)
+    assert "  hcl.lam=0.1 " in result.stdout and "λ, weight of L_hyp" in result.stdout
+    assert "  hcl.tau=0.2 " in result.stdout and "  hcl.c=0.05 " in result.stdout
+    assert "preset_model" not in result.stdout
 
     result = run_cli("model=foo", cwd=tmp_path)
     assert result.returncode != 0

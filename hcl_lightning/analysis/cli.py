@@ -5,7 +5,7 @@
 (``data=synthetic``, the default, ``data=coco`` or ``data=folder``, with the same
 ``data.*`` keys)::
 
-    hcl-analyze norms checkpoint=last.ckpt scene_crops=4      # on hcl-train's default data
+    hcl-analyze norms checkpoint=last.ckpt scene_crops=4      # on its training data
     hcl-analyze norms checkpoint=last.ckpt data=coco data.image_dir=DIR data.ann_file=FILE
     hcl-analyze out-of-context checkpoint=last.ckpt data.synthetic.contexts=true \\
         data.synthetic.ooc_fraction=0.2 out=out/ooc
@@ -17,8 +17,11 @@
     hcl-analyze export checkpoint=last.ckpt format=timm out=r50_timm.pth
     hcl-analyze norms --help                                   # the command's keys
 
-For ``data=synthetic`` the scenes are generated (or reused) exactly as ``hcl-train``
-does (:func:`~hcl_lightning.data.synthetic.prepare_synthetic_data`). Each command
+Without any ``data=`` or ``data.*`` key, a checkpoint written by ``hcl-train`` is
+analysed on the data it was trained on (its recorded ``data`` group; the command prints
+``data_from_checkpoint=<image_dir>``), and the model's class is the one the checkpoint
+names, unless ``model_class=`` says otherwise. For ``data=synthetic`` the scenes are
+generated (or reused) exactly as ``hcl-train`` does (:func:`~hcl_lightning.data.synthetic.prepare_synthetic_data`). Each command
 prints ``key=value`` lines (``spearman_rho=``, ``ooc_auroc=``, ...) that scripts can
 grep, and the files it wrote. An invalid key or value exits with status 2, a failed
 analysis with status 1. ``python -m hcl_lightning.analysis`` is the same program.
@@ -35,13 +38,14 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
 
 from hcl_lightning.analysis.embed import (
     embed_dataset,
     load_model,
     output_dir,
+    read_checkpoint,
     read_coco,
     read_folder,
     resolve_device,
@@ -58,6 +62,7 @@ from hcl_lightning.analysis.norms import norms_vs_objects
 from hcl_lightning.analysis.out_of_context import out_of_context_scores
 from hcl_lightning.analysis.plots import MAP_METHODS
 from hcl_lightning.analysis.probes import knn_accuracy
+from hcl_lightning.callbacks.run_config import CONFIG_KEY
 from hcl_lightning.config import (
     ConfigError,
     check_choice,
@@ -76,7 +81,7 @@ PROG = "hcl-analyze"
 #: The analysis keys of ``analyze.yaml`` (besides ``data``) and what they mean.
 KEYS = {
     "checkpoint": "Lightning .ckpt file (required)",
-    "model_class": "class that rebuilds the model (package.module.Class)",
+    "model_class": "class that rebuilds the model (package.module.Class); null: the checkpoint's",
     "out": "output folder (export: file or folder); null: analysis/<command>",
     "image_size": "side of the model input",
     "batch_size": "images per forward pass",
@@ -468,6 +473,24 @@ def _check(cfg: DictConfig, command: Command) -> None:
         )
 
 
+def _use_training_data(cfg: DictConfig, overrides: Sequence[str]) -> str | None:
+    """Replaces ``cfg.data`` by the data the checkpoint was trained on (recorded by
+    ``hcl-train``) unless an override names the data (``data=...``, ``data.*``); returns
+    that data's ``image_dir``, or None when ``cfg.data`` was left as composed."""
+    keys = [arg.split("=", 1)[0].lstrip("+~") for arg in overrides]
+    if any(key == "data" or key.startswith("data.") for key in keys):
+        return None
+    if OmegaConf.is_missing(cfg, "checkpoint") or not Path(str(cfg.checkpoint)).is_file():
+        return None  # reported by _check
+    saved, _ = read_checkpoint(cfg.checkpoint)
+    data = (saved.get(CONFIG_KEY) or {}).get("data")
+    if not data:
+        return None
+    with open_dict(cfg):
+        cfg.data = OmegaConf.create(data)
+    return str(cfg.data.image_dir)
+
+
 def _flat(node: dict, prefix: str = "") -> list[tuple[str, str]]:
     """``(dotted key, value as on the command line)`` of the leaves of ``node``, without
     ``_target_``-like keys; values are unresolved (``${...}``)."""
@@ -568,10 +591,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_command_help(name, overrides))
             return 0
         cfg = compose_config(overrides)
+        trained_on = _use_training_data(cfg, overrides) if COMMANDS[name].images else None
         _check(cfg, COMMANDS[name])
     except (ConfigError, HydraException, OmegaConfBaseException) as error:
         print(f"{PROG} {name}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    if trained_on is not None:
+        print(f"data_from_checkpoint={trained_on}")
     try:
         COMMANDS[name].run(cfg)
     except (FileNotFoundError, ValueError) as error:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from hcl_lightning.data.boxes import CocoBoxSource, list_images
 from hcl_lightning.data.eval_crops import Box, RegionCropDataset, eval_transform
+from hcl_lightning.mixin import MODEL_KEY
 
 __all__ = [
     "DEFAULT_MODEL_CLASS",
@@ -33,12 +34,14 @@ __all__ = [
     "embed_dataset",
     "eval_transform",
     "load_model",
+    "read_checkpoint",
     "read_coco",
     "read_folder",
     "resolve_device",
 ]
 
-#: Class used to rebuild a model from a checkpoint unless another one is given.
+#: Class that rebuilds a model from a checkpoint that names none (written before
+#: checkpoints recorded their class).
 DEFAULT_MODEL_CLASS = "hcl_lightning.baselines.HCLMoCoV2"
 
 
@@ -60,28 +63,51 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device(device)
 
 
-def load_model(
-    checkpoint: str | Path,
-    model_class: str | type = DEFAULT_MODEL_CLASS,
-    device: str | torch.device | None = "auto",
-) -> pl.LightningModule:
-    """Rebuilds an HCL LightningModule from a Lightning checkpoint, in eval mode.
+def read_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Any], bool]:
+    """The checkpoint's dict, and whether ``torch.load(weights_only=True)`` read it.
 
-    Loaded with ``weights_only=True`` when possible, else in full (which unpickles
-    code: only analyse checkpoints you trust). The checkpoint's saved hyperparameters rebuild the module (``save_hyperparameters``
-    of the baselines records every ``hcl_*`` argument too); ``model_class`` names its
-    class (default :data:`DEFAULT_MODEL_CLASS`).
+    Lightning checkpoints may also pickle hyperparameters of a datamodule (paths,
+    OmegaConf containers): those are loaded in full, as Lightning would, which unpickles
+    code (trusted files only).
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
     """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    cls = _import_class(model_class)
     try:
-        model = cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+        return torch.load(checkpoint, map_location="cpu", weights_only=True), True
     except pickle.UnpicklingError:
-        # Lightning checkpoints also pickle hyperparameters of the datamodule (paths,
-        # OmegaConf containers): load them in full, as Lightning would. Trusted files only.
-        model = cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+        return torch.load(checkpoint, map_location="cpu", weights_only=False), False
+
+
+def load_model(
+    checkpoint: str | Path,
+    model_class: str | type | None = None,
+    device: str | torch.device | None = "auto",
+) -> pl.LightningModule:
+    """Rebuilds an HCL LightningModule from a Lightning checkpoint, in eval mode.
+
+    The class is ``model_class`` if given, else the one the checkpoint names (every
+    HCL module records its class and ``hcl_*`` arguments, see
+    :meth:`~hcl_lightning.HCLMixin.on_save_checkpoint`), else, for checkpoints written
+    before that, :data:`DEFAULT_MODEL_CLASS`. The saved hyperparameters and the
+    recorded ``hcl_*`` arguments rebuild the module (see :func:`read_checkpoint` on
+    how the file is read).
+
+    Raises:
+        FileNotFoundError: If the checkpoint does not exist.
+        TypeError: If the class is not an HCL module.
+    """
+    saved, weights_only = read_checkpoint(checkpoint)
+    recorded = saved.get(MODEL_KEY) or {}
+    spec = model_class or recorded.get("class") or DEFAULT_MODEL_CLASS
+    cls = _import_class(spec)
+    hcl_arguments = recorded.get("hcl_arguments", {}) if spec == recorded.get("class") else {}
+    model = cls.load_from_checkpoint(
+        checkpoint, map_location="cpu", weights_only=weights_only, **hcl_arguments
+    )
     if not (hasattr(model, "hcl_head") and hasattr(model, "hcl_query")):
         raise TypeError(f"{cls.__name__} is not an HCL module (no hcl_head / hcl_query)")
     return model.to(resolve_device(device)).eval()

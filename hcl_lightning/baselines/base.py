@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -36,6 +37,12 @@ REFERENCE_BATCH_SIZE = 256
 
 #: ``compile_mode`` values (``torch.compile``'s ``mode``; inductor backend only).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+# Lightning warns that a module's ``on_after_batch_transfer`` (here: the channels_last
+# layout) is used instead of a datamodule's; that is intended, and no user can act on it.
+warnings.filterwarnings(
+    "ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule`"
+)
 
 
 def compile_backend(compile_backbone: bool | str) -> str | None:

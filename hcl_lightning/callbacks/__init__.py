@@ -5,8 +5,9 @@
 - :class:`NonFiniteGuard`: skips steps with a NaN/inf loss or gradient.
 - :class:`OnlineProbes`: linear-probe and kNN accuracy of the frozen backbone.
 - :class:`RNGStateCheckpoint`: RNG states in checkpoints.
-- :class:`DataHygieneMonitor`: counts of skipped images and dropped boxes.
+- :class:`DataHygieneMonitor`: unreadable images and dropped boxes of a run.
 - :class:`MetricHistory`: per-step metric values for a run's summary.
+- :class:`RunConfigCheckpoint`: the resolved ``hcl-train`` config in checkpoints.
 """
 
 from hcl_lightning.callbacks.data_hygiene import DataHygieneMonitor
@@ -16,6 +17,7 @@ from hcl_lightning.callbacks.metric_history import MetricHistory
 from hcl_lightning.callbacks.nonfinite_guard import NonFiniteGuard, NonFiniteLossError
 from hcl_lightning.callbacks.online_probes import OnlineProbes
 from hcl_lightning.callbacks.rng_state import RNGStateCheckpoint
+from hcl_lightning.callbacks.run_config import RunConfigCheckpoint
 
 __all__ = [
     "DataHygieneMonitor",
@@ -26,5 +28,6 @@ __all__ = [
     "NonFiniteLossError",
     "OnlineProbes",
     "RNGStateCheckpoint",
+    "RunConfigCheckpoint",
     "ball_norm_fraction",
 ]

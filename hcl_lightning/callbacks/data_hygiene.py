@@ -1,9 +1,9 @@
-"""Counts of skipped images and dropped boxes: :class:`DataHygieneMonitor`."""
+"""Unreadable images and dropped boxes of a run: :class:`DataHygieneMonitor`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -11,19 +11,9 @@ from pytorch_lightning.utilities import rank_zero_info
 from typing_extensions import override
 
 from hcl_lightning.data.boxes import DROPPED_BOX_REASONS
-from hcl_lightning.data.images import BAD_IMAGE_REASONS
+from hcl_lightning.data.dataset import HCLDataset, describe_unreadable
 
-__all__ = ["DataHygieneMonitor", "format_skip_summary"]
-
-
-def format_skip_summary(counts: Mapping[str, int], read: int) -> str:
-    """``"skipped 3 of 1200 images read: 2 corrupt, 1 missing"`` (reasons by count)."""
-    total = sum(counts.values())
-    line = f"skipped {total} of {read} images read"
-    reasons = sorted(((n, r) for r, n in counts.items() if n), key=lambda x: (-x[0], x[1]))
-    if reasons:
-        line += ": " + ", ".join(f"{n} {r}" for n, r in reasons)
-    return line
+__all__ = ["DataHygieneMonitor"]
 
 
 def _box_line(stats: Mapping[str, int]) -> str | None:
@@ -39,23 +29,22 @@ def _box_line(stats: Mapping[str, int]) -> str | None:
 
 
 class DataHygieneMonitor(pl.Callback):
-    """Sums the bad images skipped by the data pipeline, logs them, and summarises them.
+    """Counts the distinct unreadable training images and prints one summary line.
 
-    Every HCL batch carries ``skipped`` (``(B, R)`` int64: the bad images skipped to
-    produce each sample, by reason ``BAD_IMAGE_REASONS[r]``, see
-    :class:`~hcl_lightning.data.HCLDataset`). Because the counts travel with the batch,
-    they are right with any number of DataLoader workers. This callback
+    The training set (the datamodule's ``train_dataset``, or the training loader's
+    dataset) must be an :class:`~hcl_lightning.data.HCLDataset`, whose bad files are
+    recorded once each in shared memory, so the counts are right with any number of
+    DataLoader workers; under DDP the ranks' records are merged. This callback
 
-    - sums them per epoch and logs ``data/skipped`` and ``data/skipped_<reason>`` (for
-      each reason seen) at the end of every training epoch, summed over ranks;
-    - prints one line per epoch in which images were skipped, and at the end of
-      training the summary :attr:`summary`, e.g.
-      ``data: skipped 3 of 1203 images read: 2 corrupt, 1 missing``, followed, when the
-      datamodule has a box source with ``stats``, by the dropped annotation boxes,
-      e.g. ``dropped 5 annotation boxes: 3 crowd, 2 non_finite; 1 clipped``.
+    - logs ``data/unreadable`` (distinct bad files found so far) at the end of every
+      training epoch;
+    - prints, once, at the end of training, the line :attr:`summary`, e.g.
+      ``data: 3 of 400 images unreadable (1 missing, 1 empty, 1 corrupt), skipped;
+      first: ...``, followed, when the datamodule has a box source with ``stats``, by
+      the dropped annotation boxes, e.g.
+      ``dropped 5 annotation boxes: 3 crowd, 2 non_finite; 1 clipped``.
 
-    "Images read" counts the samples of the batches seen plus the skipped images.
-    Batches without ``skipped`` (other datasets) are counted as read with no skip.
+    With another dataset it does nothing.
 
     Args:
         prefix: metric name prefix.
@@ -64,105 +53,53 @@ class DataHygieneMonitor(pl.Callback):
         >>> trainer = pl.Trainer(callbacks=[DataHygieneMonitor()])
         >>> trainer.fit(model, datamodule=datamodule)
         >>> trainer.callbacks[0].summary
-        'skipped 3 of 1203 images read: 2 corrupt, 1 missing'
+        '3 of 400 images unreadable (1 missing, 1 empty, 1 corrupt), skipped; first: ...'
     """
 
     def __init__(self, prefix: str = "data") -> None:
         super().__init__()
         self.prefix = prefix
-        self.reasons = BAD_IMAGE_REASONS
-        self.total = torch.zeros(len(self.reasons), dtype=torch.long)
-        self.total_read = 0
-        self._epoch = torch.zeros(len(self.reasons), dtype=torch.long)
-        self._epoch_read = 0
+        self.unreadable: list[tuple[Path, str]] = []
+        self.n_images = 0
         self.box_stats: dict[str, int] | None = None
-
-    # -- counts -------------------------------------------------------------------
-    @property
-    def counts(self) -> dict[str, int]:
-        """Skipped images of the whole run (all finished epochs), by reason."""
-        return {r: int(n) for r, n in zip(self.reasons, self.total.tolist(), strict=True)}
 
     @property
     def summary(self) -> str:
-        """The end-of-run line, e.g. ``skipped 3 of 1203 images read: 2 corrupt, 1 missing``."""
-        line = format_skip_summary(self.counts, self.total_read)
+        """The end-of-run line (without the ``data:`` prefix)."""
+        line = describe_unreadable(self.unreadable, self.n_images)
         boxes = _box_line(self.box_stats) if self.box_stats else None
         return f"{line}; {boxes}" if boxes else line
 
-    # -- hooks --------------------------------------------------------------------
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = getattr(trainer, "datamodule", None)
         source = getattr(datamodule, "_source", None) or getattr(datamodule, "source", None)
         stats = getattr(source, "stats", None)
         self.box_stats = dict(stats) if isinstance(stats, Mapping) else None
-        line = _box_line(self.box_stats) if self.box_stats else None
-        if line:
-            rank_zero_info(f"data: {line}")
-
-    @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch.zero_()
-        self._epoch_read = 0
-
-    @override
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        if not isinstance(batch, Mapping):
-            return
-        skipped = batch.get("skipped")
-        if isinstance(skipped, torch.Tensor) and skipped.ndim == 2:
-            counts = skipped.detach().to("cpu", torch.long).sum(dim=0)
-            self._epoch[: len(counts)] += counts[: len(self.reasons)]
-            self._epoch_read += int(skipped.shape[0]) + int(counts.sum())
-        elif "scene" in batch:
-            self._epoch_read += int(batch["scene"].shape[0])
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch, read = self._flush(trainer, pl_module)
-        metrics = {f"{self.prefix}/skipped": float(epoch.sum())}
-        for reason, n in zip(self.reasons, epoch.tolist(), strict=True):
-            if n or self.total[self.reasons.index(reason)]:
-                metrics[f"{self.prefix}/skipped_{reason}"] = float(n)
-        pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
-        if int(epoch.sum()):
-            counts = dict(zip(self.reasons, epoch.tolist(), strict=True))
-            rank_zero_info(
-                f"data: epoch {trainer.current_epoch}: {format_skip_summary(counts, read)}"
-            )
+        if self._update(trainer, pl_module):
+            metric = {f"{self.prefix}/unreadable": float(len(self.unreadable))}
+            pl_module.log_dict(metric, on_step=False, on_epoch=True, sync_dist=False)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._flush(trainer, pl_module)  # an epoch cut short by max_steps
-        rank_zero_info(f"data: {self.summary}")
+        if self._update(trainer, pl_module):
+            rank_zero_info(f"data: {self.summary}")
 
-    def _flush(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> tuple[torch.Tensor, int]:
-        """Adds this epoch's counts, summed over ranks, to the run's; resets them."""
-        local = torch.cat([self._epoch, torch.tensor([self._epoch_read])])
-        both = trainer.strategy.reduce(local.to(pl_module.device).float(), reduce_op="sum")
-        both = both.round().long().cpu()
-        epoch, read = both[:-1], int(both[-1])
-        self.total += epoch
-        self.total_read += read
-        self._epoch.zero_()
-        self._epoch_read = 0
-        return epoch, read
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"total": self.total.tolist(), "total_read": self.total_read}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.total = torch.tensor(state_dict["total"], dtype=torch.long)
-        self.total_read = int(state_dict["total_read"])
+    def _update(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Reads the training set's bad files, merged over ranks; False without an
+        :class:`~hcl_lightning.data.HCLDataset`."""
+        dataset = getattr(getattr(trainer, "datamodule", None), "train_dataset", None)
+        if dataset is None:
+            dataset = getattr(trainer.train_dataloader, "dataset", None)
+        if not isinstance(dataset, HCLDataset):
+            return False
+        codes = dataset.bad_codes
+        if trainer.world_size > 1:
+            gathered = trainer.strategy.all_gather(codes.to(pl_module.device, torch.int32))
+            codes = gathered.reshape(-1, len(codes)).amax(dim=0).cpu()
+        self.unreadable = dataset.unreadable(codes)
+        self.n_images = len(dataset)
+        return True

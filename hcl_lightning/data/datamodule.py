@@ -206,7 +206,12 @@ class HCLDataModule(pl.LightningDataModule):
         return self.source.class_names
 
     def setup(self, stage: str | None = None) -> None:
-        """Builds the training and validation datasets (once)."""
+        """Builds the training and validation datasets (once), and scans the training
+        images for bad files (:meth:`~hcl_lightning.data.HCLDataset.scan`).
+
+        Raises:
+            RuntimeError: if more than ``images.max_bad_fraction`` of them are bad.
+        """
         if self.train_dataset is not None:
             return
         train_records, held_out = self._split()
@@ -217,6 +222,7 @@ class HCLDataModule(pl.LightningDataModule):
             max_bad_fraction=self.images.max_bad_fraction,
             max_image_pixels=self.images.max_image_pixels,
         )
+        dataset.scan(seed=self.hparams.seed)
         if len(dataset) < self.batch_size:
             raise ValueError(
                 f"batch_size={self.batch_size} is larger than the dataset ({len(dataset)} "

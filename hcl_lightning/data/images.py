@@ -23,7 +23,7 @@ __all__ = [
     "to_rgb",
 ]
 
-#: Why an image was skipped, in the order of a sample's ``skipped`` counts.
+#: Why an image was skipped, in the order of ``HCLDataset.bad_codes`` (code r + 1 = reason r).
 BAD_IMAGE_REASONS = ("missing", "empty", "corrupt", "too_large", "unsupported", "unreadable")
 
 #: Default pixel budget of a decoded image (e.g. 8000 x 5000). Larger JPEGs are decoded

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
-import geoopt
 import torch
+
+with warnings.catch_warnings():  # geoopt's module-level torch.jit.script (torch >= 2.10)
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+    import geoopt
 from lightly.models.modules.heads import ProjectionHead
 from torch import Tensor, nn
 

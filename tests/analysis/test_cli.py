@@ -356,3 +356,69 @@ def test_every_config_key_is_documented():
 
     assert set(compose_config([]).keys()) == {"data", *KEYS}
     assert {key for command in COMMANDS.values() for key in command.keys} == set(KEYS)
+
+
+# -- self-describing checkpoints -----------------------------------------------------------
+#: The class each shipped model group builds.
+HCL_CLASSES = {"moco_v2": "HCLMoCoV2", "densecl": "HCLDenseCL", "orl": "HCLORL"}
+
+
+@pytest.mark.parametrize("model", list(HCL_CLASSES))
+def test_every_shipped_model_is_analysed_on_its_training_data_without_being_told(
+    model, tmp_path, capsys, monkeypatch
+):
+    from hcl_lightning.train import train
+    from tests.helpers import compose_config as compose_train_config
+    from tests.helpers import tiny_overrides
+
+    monkeypatch.setenv("HCL_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = [f"model={model}", *tiny_overrides(tmp_path), f"output_dir={tmp_path / 'run'}"]
+    if model == "orl":  # BYOL: no baseline queue; a tiny predictor
+        overrides = [o for o in overrides if not o.startswith("model.queue_size")]
+        overrides.append("model.pred_hidden_dim=32")
+    checkpoint = train(compose_train_config(overrides))["checkpoint"]
+    capsys.readouterr()
+    trained_on = str(tmp_path / "synthetic" / "images")  # 16 images, not the default 2000
+
+    for command in ("norms", "out-of-context", "embed"):
+        out = tmp_path / command
+        printed = run([command, f"checkpoint={checkpoint}", f"out={out}", "device=cpu"], capsys)
+        assert printed["data_from_checkpoint"] == trained_on, command
+    assert int(printed["n_images"]) == 16  # embed: every training image
+    printed = run(["export", f"checkpoint={checkpoint}", f"out={tmp_path / 'export'}"], capsys)
+    assert int(printed["n_tensors"]) > 0 and Path(printed["out"]).is_file()
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    module, _, name = saved["hcl_model"]["class"].rpartition(".")
+    assert module.startswith("hcl_lightning.baselines.") and name == HCL_CLASSES[model]
+    assert saved["hcl_config"]["data"]["image_dir"] == trained_on
+    assert saved["hcl_config"]["hcl"]["queue_size"] == 16
+
+
+def test_a_user_subclass_checkpoint_loads_without_model_class(tiny_fit, tmp_path, capsys):
+    import pytorch_lightning as pl
+
+    from hcl_lightning.analysis import load_model
+    from tests.helpers import load_example, quiet_trainer, tiny_datamodule
+
+    HCLSimCLR = load_example("custom_module").HCLSimCLR  # noqa: N806
+    model = HCLSimCLR(hcl_lambda=0.3, hcl_queue_size=16, hcl_head_mode="separate", hcl_dim=8)
+    pl.seed_everything(0, verbose=False)
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(model, datamodule=tiny_datamodule(tiny_fit.image_dir, tiny_fit.ann_file))
+    trainer.save_checkpoint(tmp_path / "simclr.ckpt")
+
+    loaded = load_model(tmp_path / "simclr.ckpt", device="cpu")
+    assert type(loaded) is HCLSimCLR  # the class the checkpoint names, its hcl_* arguments
+    assert (loaded.hcl_lambda, loaded.hcl_head_mode, loaded.hcl_head.output_dim) == (
+        0.3,
+        "separate",
+        8,
+    )
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    printed = run(
+        ["norms", *common(tiny_fit, tmp_path), "checkpoint=" + str(tmp_path / "simclr.ckpt")],
+        capsys,
+    )
+    assert -1 <= float(printed["spearman_rho"]) <= 1

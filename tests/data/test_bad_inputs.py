@@ -7,6 +7,8 @@ import logging
 import math
 import time
 import warnings
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,6 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hcl_lightning.callbacks.data_hygiene import format_skip_summary
 from hcl_lightning.data import (
     BAD_IMAGE_REASONS,
     CocoBoxSource,
@@ -31,7 +32,9 @@ from hcl_lightning.data import (
     SceneObjectSampler,
     decode_image,
 )
+from hcl_lightning.data import dataset as dataset_module
 from hcl_lightning.data.boxes import DROPPED_BOX_REASONS
+from hcl_lightning.data.dataset import describe_unreadable
 from hcl_lightning.data.images import TRANSPARENT_BACKGROUND, BadImageError, bad_image_reason
 from tests.helpers import quiet_trainer
 
@@ -166,10 +169,11 @@ def test_large_jpeg_is_decoded_at_reduced_scale_and_boxes_follow(tmp_path):
 @pytest.mark.parametrize("size", [(1, 1), (3, 2), (7, 5)])
 def test_tiny_images_are_upscaled_to_the_crop_size(tmp_path, size):
     path = good_jpeg(tmp_path / "tiny.png", size)
-    item = make_dataset([ImageRecord(path, *size, [[0, 0, size[0], size[1]]], [0])])[0]
+    dataset = make_dataset([ImageRecord(path, *size, [[0, 0, size[0], size[1]]], [0])])
+    item = dataset[0]
     for tensor in (*item["views"], item["scene"], item["object"]):
         assert tensor.shape == (3, SIZE, SIZE) and torch.isfinite(tensor).all()
-    assert item["skipped"].sum() == 0
+    assert not dataset.unreadable()
 
 
 # -- skip policy --------------------------------------------------------------------------
@@ -185,48 +189,80 @@ def bad_folder(tmp_path):
     return [ImageRecord(p, 48, 40, box, [0, 1]) for p in paths]
 
 
-def test_each_sample_carries_its_skips_by_reason(tmp_path):
-    records = bad_folder(tmp_path)
-    dataset = make_dataset(records, max_bad_fraction=0.5)
-    item = dataset[1]  # truncated -> good1
-    assert item["index"].item() == 2
-    assert item["skipped"].tolist() == [int(r == "corrupt") for r in BAD_IMAGE_REASONS]
-    item = dataset[3]  # empty, missing -> good2
-    assert item["index"].item() == 5
-    counts = dict(zip(BAD_IMAGE_REASONS, item["skipped"].tolist(), strict=True))
-    assert counts == {**dict.fromkeys(BAD_IMAGE_REASONS, 0), "empty": 1, "missing": 1}
-    assert dict(dataset.skipped) == {"corrupt": 1, "empty": 1, "missing": 1}
+BAD = {1: "corrupt", 3: "empty", 4: "missing"}  # indices of bad_folder's bad files
 
 
-def test_skips_reach_the_main_process_from_workers(tmp_path):
+def test_a_bad_file_is_decoded_once_and_replaced_by_a_random_good_image(tmp_path, monkeypatch):
     records = bad_folder(tmp_path)
     dataset = make_dataset(records, max_bad_fraction=0.5)
+    decoded = []
+    real_decode = dataset_module.decode_image
+    monkeypatch.setattr(
+        dataset_module,
+        "decode_image",
+        lambda path, *a: decoded.append(path) or real_decode(path, *a),
+    )
+    torch.manual_seed(0)
+    used = [dataset[i]["index"].item() for i in list(BAD) * 20]
+    assert not set(used) & set(BAD)
+    assert len(set(used)) >= 6  # drawn at random from the 9 good images, not the next one
+    assert sorted(p.name for p in decoded if p in {records[i].path for i in BAD}) == [
+        "empty.jpg",
+        "missing.jpg",
+        "truncated.jpg",
+    ]  # 60 visits, one decode each
+    assert [(p.name, r) for p, r in dataset.unreadable()] == [
+        ("truncated.jpg", "corrupt"),
+        ("empty.jpg", "empty"),
+        ("missing.jpg", "missing"),
+    ]
+
+
+def test_workers_share_the_record_of_bad_files(tmp_path):
+    dataset = make_dataset(bad_folder(tmp_path), max_bad_fraction=0.5)
     loader = DataLoader(dataset, batch_size=4, num_workers=2)
-    skipped = sum(batch["skipped"].sum(dim=0) for batch in loader)
-    counts = dict(zip(BAD_IMAGE_REASONS, skipped.tolist(), strict=True))
-    # index 1 skips the truncated file; index 3 the empty and missing ones; index 4 the
-    # missing one again: 4 skips for 12 samples, none lost in the worker processes
-    assert counts == {**dict.fromkeys(BAD_IMAGE_REASONS, 0), "corrupt": 1, "empty": 1, "missing": 2}
-    assert not dataset.skipped  # the main process's counters never saw them
+    indices = torch.cat([batch["index"] for batch in loader])
+    assert len(indices) == 12 and not set(indices.tolist()) & set(BAD)
+    # found in the worker processes, seen by the main process (shared memory)
+    assert {
+        i: BAD_IMAGE_REASONS[c - 1] for i, c in enumerate(dataset.bad_codes.tolist()) if c
+    } == BAD
 
 
-def test_mostly_bad_dataset_fails_fast_with_offenders(tmp_path):
+def test_scan_finds_bad_files_and_stops_a_mostly_bad_set_before_any_item(tmp_path):
+    dataset = make_dataset(bad_folder(tmp_path), max_bad_fraction=0.25)
+    dataset.scan()  # 3 of 12 = 0.25: tolerated
+    assert len(dataset.unreadable()) == 3
     good = good_jpeg(tmp_path / "good.jpg")
     records = [ImageRecord(good if i % 4 == 0 else tmp_path / f"gone{i}.jpg") for i in range(40)]
-    dataset = make_dataset(records, max_bad_fraction=0.2)
-    with pytest.raises(RuntimeError, match=r"max_bad_fraction=0.2.*gone1.jpg', 'missing'"):
-        for i in range(len(dataset)):
-            dataset[i]
+    with pytest.raises(RuntimeError, match=r"30 of 40 images unreadable \(30 missing\).*gone1.jpg"):
+        make_dataset(records, max_bad_fraction=0.2).scan()
+
+
+def test_a_sampled_scan_stops_only_a_set_clearly_above_the_threshold(tmp_path):
+    good = good_jpeg(tmp_path / "good.jpg")
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"not an image" * 10)
+    at_threshold = [ImageRecord(corrupt if i % 10 == 0 else good) for i in range(200)]
+    dataset = make_dataset(at_threshold, max_bad_fraction=0.1)
+    dataset.scan(sample=50)  # 10 % bad: passes, the sampled bad ones are recorded
+    assert 0 < len(dataset.unreadable()) < 20
+    half_bad = [ImageRecord(corrupt if i % 2 else good) for i in range(1000)]
+    with pytest.raises(RuntimeError, match="of a sample of 50 images were bad"):
+        make_dataset(half_bad, max_bad_fraction=0.1).scan(sample=50)
 
 
 class MeanModel(pl.LightningModule):
-    """A tiny module that trains on the HCL batch (mean of the scene crop)."""
+    """A tiny module that trains on the HCL batch (mean of the scene crop) and counts the
+    images it was given."""
 
     def __init__(self) -> None:
         super().__init__()
         self.layer = nn.Linear(3, 1)
+        self.seen: list[int] = []
 
     def training_step(self, batch, batch_idx):
+        self.seen += batch["index"].tolist()
         return self.layer(batch["scene"].mean(dim=(2, 3))).pow(2).mean()
 
     def configure_optimizers(self):
@@ -240,51 +276,81 @@ def write_coco(path, images, annotations, categories=({"id": 1, "name": "thing"}
     return path
 
 
-def test_monitor_logs_per_epoch_and_summarises_the_run(tmp_path, caplog):
+def test_adjacent_bad_files_train_with_workers_counted_once_and_not_oversampled(tmp_path, caplog):
     caplog.set_level(logging.INFO)
+    names = [f"img{i:02d}.jpg" for i in range(40)]
+    for i, name in enumerate(names):
+        good_jpeg(tmp_path / name, colour=(6 * i, 100, 50))
+    (tmp_path / names[11]).write_bytes(b"")
+    (tmp_path / names[12]).write_bytes((tmp_path / names[0]).read_bytes()[:300])
+    (tmp_path / names[13]).unlink()  # listed, missing
+    images = [{"id": i, "file_name": n, "width": 48, "height": 40} for i, n in enumerate(names)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [2, 2, 30, 30]} for i in range(40)]
+    datamodule = HCLDataModule(
+        tmp_path,
+        ann_file=write_coco(tmp_path / "ann.json", images, anns),
+        batch_size=8,
+        object_size=SIZE,
+        scene_size=SIZE,
+        loader={"num_workers": 2, "persistent_workers": False},
+    )
+    monitor, model = DataHygieneMonitor(), MeanModel()
+    pl.seed_everything(0, verbose=False)
+    trainer = quiet_trainer(max_epochs=3, callbacks=[monitor])
+    trainer.fit(model, datamodule=datamodule)
+
+    assert trainer.current_epoch == 3 and len(model.seen) == 3 * 40
+    counts = Counter(model.seen)
+    assert not set(counts) & {11, 12, 13}
+    # each good image: once per epoch, plus its share of the 9 replaced visits (3 x 3
+    # bad files, drawn uniformly from the 37 good ones); with "the next index" img14
+    # would have been drawn 12 times
+    assert max(counts.values()) <= 3 + 2 and len(counts) == 37
+    first = ", ".join(
+        f"{tmp_path / names[i]} ({r})" for i, r in ((11, "empty"), (12, "corrupt"), (13, "missing"))
+    )
+    assert monitor.summary == (
+        f"3 of 40 images unreadable (1 missing, 1 empty, 1 corrupt), skipped; first: {first}"
+    )
+    assert caplog.text.count("images unreadable") == 1
+    assert trainer.callback_metrics["data/unreadable"] == 3
+
+
+def test_monitor_summarises_dropped_boxes(tmp_path):
     good = [good_jpeg(tmp_path / f"g{i}.jpg") for i in range(6)]
-    (tmp_path / "t.jpg").write_bytes(good[0].read_bytes()[:300])
     (tmp_path / "c.jpg").write_bytes(b"not an image at all")
-    names = ["g0.jpg", "t.jpg", "g1.jpg", "g2.jpg", "c.jpg", "g3.jpg", "m.jpg", "g4.jpg", "g5.jpg"]
+    names = ["g0.jpg", "g1.jpg", "g2.jpg", "c.jpg", "g3.jpg", "g4.jpg", "g5.jpg"]
     images = [{"id": i, "file_name": n, "width": 48, "height": 40} for i, n in enumerate(names)]
     anns = [
         {"id": 1, "image_id": 0, "category_id": 1, "bbox": [2, 2, 20, 20], "iscrowd": 1},
         {"id": 2, "image_id": 2, "category_id": 7, "bbox": [2, 2, 20, 20]},
         {"id": 3, "image_id": 3, "category_id": 1, "bbox": [2, 2, 20, 20]},
     ]
-    ann_file = write_coco(tmp_path / "ann.json", images, anns)
     datamodule = HCLDataModule(
         tmp_path,
-        ann_file=ann_file,
+        ann_file=write_coco(tmp_path / "ann.json", images, anns),
         batch_size=3,
         object_size=SIZE,
         scene_size=SIZE,
         images=ImageOptions(max_bad_fraction=0.5),
     )
     monitor = DataHygieneMonitor()
-    trainer = quiet_trainer(max_epochs=2, callbacks=[monitor])
-    pl.seed_everything(0, verbose=False)
-    trainer.fit(MeanModel(), datamodule=datamodule)
-
-    # Whatever the shuffling, each epoch asks for every index once, and the indices of
-    # t.jpg, c.jpg and m.jpg each skip their file and use the next one.
-    assert monitor.counts == {**dict.fromkeys(BAD_IMAGE_REASONS, 0), "corrupt": 4, "missing": 2}
-    assert monitor.total_read == 2 * 9 + 6
-    assert trainer.callback_metrics["data/skipped"] >= 1
-    assert "data/skipped_corrupt" in trainer.callback_metrics
-    assert monitor.summary == (
-        "skipped 6 of 24 images read: 4 corrupt, 2 missing; "
+    quiet_trainer(max_steps=2, callbacks=[monitor]).fit(MeanModel(), datamodule=datamodule)
+    assert good and monitor.summary == (
+        f"1 of 7 images unreadable (1 corrupt), skipped; first: {tmp_path / 'c.jpg'} (corrupt); "
         "dropped 2 annotation boxes: 1 crowd, 1 unknown_category"
     )
-    assert f"data: {monitor.summary}" in caplog.text
-    assert "data: epoch 1: skipped 3 of 12 images read: 2 corrupt, 1 missing" in caplog.text
 
 
 def test_summary_format():
-    assert format_skip_summary({"missing": 1, "corrupt": 2, "empty": 0}, 1200) == (
-        "skipped 3 of 1200 images read: 2 corrupt, 1 missing"
+    bad = [
+        (Path(f"/d/{i}.jpg"), r) for i, r in enumerate(["corrupt", "missing", "corrupt", "empty"])
+    ]
+    assert describe_unreadable(bad, 1200) == (
+        "4 of 1200 images unreadable (1 missing, 1 empty, 2 corrupt), skipped; "
+        "first: /d/0.jpg (corrupt), /d/1.jpg (missing), /d/2.jpg (corrupt)"
     )
-    assert format_skip_summary({}, 10) == "skipped 0 of 10 images read"
+    assert describe_unreadable([], 10) == "0 of 10 images unreadable"
 
 
 # -- annotations ----------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from hcl_lightning.data import (
     SceneObjectSampler,
     make_synthetic_scenes,
 )
-from hcl_lightning.data.dataset import MAX_SCENE_LABELS
-from hcl_lightning.data.images import BAD_IMAGE_REASONS, DEFAULT_MAX_IMAGE_PIXELS, load_image
+from hcl_lightning.data.dataset import MAX_SCENE_LABELS, TooManyBadImagesError
+from hcl_lightning.data.images import DEFAULT_MAX_IMAGE_PIXELS, load_image
 from hcl_lightning.data.synthetic import prepare_synthetic_data
 from tests.helpers import compose_config, tiny_overrides
 
@@ -44,7 +44,7 @@ def make_dataset(records, **kwargs):
 
 
 def check_batch(batch, batch_size, object_size, scene_size):
-    keys = {"views", "scene", "object", "n_objects", "labels", "scene_labels", "index", "skipped"}
+    keys = {"views", "scene", "object", "n_objects", "labels", "scene_labels", "index"}
     assert set(batch) == keys
     assert batch["scene_labels"].shape == (batch_size, MAX_SCENE_LABELS)
     # the object's own class is among its scene's classes; -1 pads past n_objects
@@ -53,8 +53,6 @@ def check_batch(batch, batch_size, object_size, scene_size):
     ):
         assert (row[n:] == -1).all()
         assert label < 0 or label in row[:n].tolist()
-    assert batch["skipped"].shape == (batch_size, len(BAD_IMAGE_REASONS))
-    assert batch["skipped"].dtype == torch.int64
     assert isinstance(batch["views"], list) and len(batch["views"]) == 2
     for view in batch["views"]:
         assert view.shape == (batch_size, 3, object_size, object_size)
@@ -75,7 +73,7 @@ def test_dataset_item_and_default_collate(synthetic):
     batch = next(iter(DataLoader(dataset, batch_size=4)))
     check_batch(batch, 4, 32, 40)
     assert batch["index"].tolist() == [0, 1, 2, 3]
-    assert not dataset.skipped
+    assert not dataset.unreadable()
 
 
 def test_dataset_skips_and_counts_bad_images(synthetic, tmp_path):
@@ -88,10 +86,12 @@ def test_dataset_skips_and_counts_bad_images(synthetic, tmp_path):
     dataset = make_dataset(records, max_bad_fraction=0.5)
 
     items = [dataset[i] for i in range(len(dataset))]
-    assert dict(dataset.skipped) == {"corrupt": 2, "missing": 1}
-    assert [name for name, _ in dataset.offenders] == [str(truncated), str(garbage), str(missing)]
-    assert items[3]["index"].item() == 4  # resampled deterministically: the next image
-    assert items[10]["index"].item() == 11
+    assert dataset.unreadable() == [
+        (truncated, "corrupt"),
+        (garbage, "corrupt"),
+        (missing, "missing"),
+    ]
+    assert {item["index"].item() for item in items}.isdisjoint({3, 7, 10})  # replaced
 
 
 def test_dataset_gives_up_when_too_many_images_are_bad(synthetic, tmp_path):
@@ -105,8 +105,8 @@ def test_dataset_gives_up_when_too_many_images_are_bad(synthetic, tmp_path):
         for i in range(len(dataset)):
             dataset[i]
 
-    all_bad = make_dataset([ImageRecord(tmp_path / "gone.jpg")] * 3)
-    with pytest.raises(RuntimeError, match="no readable image.*gone.jpg"):
+    all_bad = make_dataset([ImageRecord(tmp_path / "gone.jpg")] * 3, max_bad_fraction=1.0)
+    with pytest.raises(TooManyBadImagesError, match="none readable; first: .*gone.jpg"):
         all_bad[0]
 
 

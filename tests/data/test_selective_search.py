@@ -17,7 +17,7 @@ from hcl_lightning.data import selective_search as ss_module
 from hcl_lightning.data.selective_search import DEFAULT_CACHE_NAME, filter_proposals
 
 IMAGE_SIZE = 96
-BATCH_KEYS = {"views", "scene", "object", "n_objects", "labels", "scene_labels", "index", "skipped"}
+BATCH_KEYS = {"views", "scene", "object", "n_objects", "labels", "scene_labels", "index"}
 
 
 @pytest.fixture(scope="module")
